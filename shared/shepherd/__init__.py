@@ -1,0 +1,1 @@
+"""Shepherd: triggers Buildbucket builds and shepherds each one to its end."""
