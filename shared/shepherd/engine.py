@@ -1,0 +1,335 @@
+"""The engine: invocation state, debug log and timers, one stored change per event.
+
+It knows nothing of what a task does; a task kind (see tasks/) does that through a Controller.
+Each event (trigger, start, timer, notification, abort) reads the invocation, lets the task
+work (possibly calling out), then commits with a compare-and-swap on the mutation count, as
+the LUCI Scheduler does. Timers are stored in the invocation first and handed to the timer
+queue after the commit, so a crash in between loses nothing: `recover()` hands them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from .clock import Clock
+from .durations import SECOND, format_duration
+from .jobs import Job, JobsFile
+from .model import (
+    Invocation,
+    LogEntry,
+    PubSubMessage,
+    QueuedTask,
+    Status,
+    Timer,
+    TriggerRequest,
+    timer_id,
+)
+from .ports import NotificationTopic, Store, TimerQueue
+from .signing import BadToken, TokenSigner
+from .tasks.base import TaskKind, TransientError
+
+log = logging.getLogger(__name__)
+
+START_TASK = "start-invocation"
+LAUNCH_RETRY_LIMIT = 50
+
+
+class Outcome(StrEnum):
+    HANDLED = "handled"
+    STALE = "stale"  # a duplicate or late delivery: nothing to do
+    IGNORED = "ignored"  # not ours or not valid: acknowledged, nothing changed
+
+
+class RetryLater(Exception):
+    """A transient condition: the delivery should come again (a 5xx to the queue)."""
+
+
+class UnknownJob(LookupError):
+    pass
+
+
+class UnknownInvocation(LookupError):
+    pass
+
+
+class InvocationFinished(Exception):
+    pass
+
+
+class _Controller:
+    """The engine's side of one event, handed to the task kind."""
+
+    def __init__(self, engine: Engine, invocation: Invocation, job: Job) -> None:
+        self._engine = engine
+        self._job = job
+        self.saved = invocation
+        self.status = invocation.status
+        self.view_url = invocation.view_url
+        self.task_data: dict[str, Any] = dict(invocation.task_data)
+        self._pending = list(invocation.pending_timers)
+        self._lines: list[LogEntry] = []
+        self._timers: list[Timer] = []
+
+    @property
+    def job_id(self) -> str:
+        return self.saved.job_id
+
+    @property
+    def invocation_id(self) -> int:
+        return self.saved.id
+
+    @property
+    def config(self) -> Any:
+        return self._job.config
+
+    @property
+    def request(self) -> TriggerRequest:
+        return self.saved.request
+
+    def now_ns(self) -> int:
+        return self._engine.clock.now_ns()
+
+    def log(self, text: str) -> None:
+        self._lines.append(LogEntry(self.now_ns(), text))
+
+    def add_timer(self, delay_ns: int, title: str, payload: dict[str, Any] | None = None) -> None:
+        # Unique once committed: commits are serialized by the mutation count, and the index
+        # tells apart the timers of one commit.
+        tid = timer_id(self.job_id, self.invocation_id, self.saved.mutation_count, len(self._timers))
+        self.log(f'Scheduling timer "{title}" ({tid}) after {format_duration(delay_ns)}')
+        now = self.now_ns()
+        self._timers.append(Timer(tid, title, now, now + delay_ns, payload))
+
+    def prepare_topic(self, publisher: str) -> tuple[str, str]:
+        kind = self._engine.kinds[self._job.kind]
+        topic = self._engine.topic.prepare(kind.name, publisher)
+        return topic, self._engine.signer.sign(self.job_id, self.invocation_id)
+
+    def consume_timer(self, tid: str) -> Timer | None:
+        for t in self._pending:
+            if t.id == tid:
+                self._pending.remove(t)
+                return t
+        return None
+
+    def save(self) -> None:
+        """Commits what changed; raises ConflictError if someone committed first."""
+        before = self.saved
+        after = before.evolve(
+            status=self.status,
+            view_url=self.view_url,
+            task_data=dict(self.task_data),
+            pending_timers=tuple(self._pending),
+        )
+        if after == before and not self._lines and not self._timers:
+            return
+        new_timers = self._timers
+        if self.status.final and not before.status.final:
+            now = self.now_ns()
+            after = after.evolve(finished_ns=now, pending_timers=())
+            took = format_duration(now - before.created_ns)
+            self.log(f"Invocation finished in {took} with status {self.status}")
+            for t in new_timers:
+                self.log(f'Ignoring timer "{t.title}" ({t.id})...')
+            new_timers = []
+        after = after.evolve(
+            mutation_count=before.mutation_count + 1,
+            pending_timers=after.pending_timers + tuple(new_timers),
+        )
+        self._engine.store.commit(after, before.mutation_count, self._lines)
+        self.saved = after
+        self._pending = list(after.pending_timers)
+        self._lines = []
+        self._timers = []
+        self._engine.queue.schedule(
+            [QueuedTask(after.id, t.id, t.title, t.eta_ns) for t in new_timers]
+        )
+
+
+@dataclass
+class Engine:
+    jobs: JobsFile
+    kinds: Mapping[str, TaskKind]
+    store: Store
+    queue: TimerQueue
+    topic: NotificationTopic
+    clock: Clock
+    signer: TokenSigner
+    rng: random.Random = field(default_factory=random.Random)
+
+    # --- events -------------------------------------------------------------------------
+
+    def trigger(self, request: TriggerRequest) -> Invocation:
+        """Queues a new invocation (or finds the one of the same request_id) and its start."""
+        if self.jobs.job(request.job_id) is None:
+            raise UnknownJob(request.job_id)
+        now = self.clock.now_ns()
+        fresh = Invocation(
+            id=self.rng.randrange(10**18, 2**63),
+            job_id=request.job_id,
+            request=request,
+            created_ns=now,
+        )
+        queued = LogEntry(now, "New invocation is queued and will start shortly")
+        inv = self.store.create(fresh, [queued])
+        if inv.status is Status.STARTING and inv.attempt == 0:
+            # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
+            self.queue.schedule([self._start_task(inv, attempt=1, eta_ns=now)])
+        return inv
+
+    def handle_task(self, invocation_id: int, tid: str, name: str) -> Outcome:
+        """A delivery from the timer queue: an invocation's start, or one of its timers."""
+        inv = self.store.get(invocation_id)
+        if inv is None:
+            log.warning("task %s for unknown invocation %d", tid, invocation_id)
+            return Outcome.IGNORED
+        if name == START_TASK:
+            return self._start(inv, tid)
+        if inv.status.final:
+            return Outcome.STALE
+        job, kind = self._job_and_kind(inv)
+        ctl = _Controller(self, inv, job)
+        timer = ctl.consume_timer(tid)
+        if timer is None:
+            return Outcome.STALE
+        ctl.log(f'Handling timer "{timer.title}" ({timer.id})')
+        try:
+            kind.handle_timer(ctl, timer.title, timer.payload)
+        except TransientError as e:
+            raise RetryLater(str(e)) from e
+        except Exception as e:  # a fatal error of the task: the invocation fails
+            self._fail(ctl, f"Fatal error when handling timer, aborting invocation - {e}")
+        ctl.save()
+        return Outcome.HANDLED
+
+    def handle_notification(self, message: PubSubMessage) -> Outcome:
+        token = next(
+            (t for k in self.kinds.values() if (t := k.examine_notification(message))), None
+        )
+        if token is None:
+            log.warning("notification %s carries no token", message.message_id)
+            return Outcome.IGNORED
+        try:
+            job_id, invocation_id = self.signer.verify(token)
+        except BadToken as e:
+            log.warning("notification %s: %s", message.message_id, e)
+            return Outcome.IGNORED
+        inv = self.store.get(invocation_id)
+        if inv is None or inv.job_id != job_id:
+            log.warning("notification %s for unknown invocation", message.message_id)
+            return Outcome.IGNORED
+        if inv.status.final:
+            return Outcome.STALE
+        if inv.status is Status.STARTING:
+            # The launch may still be running; touching the invocation now would collide.
+            raise RetryLater("invocation is still starting, try again later")
+        job, kind = self._job_and_kind(inv)
+        ctl = _Controller(self, inv, job)
+        try:
+            kind.handle_notification(ctl, message)
+        except TransientError as e:
+            raise RetryLater(str(e)) from e
+        except Exception as e:
+            self._fail(ctl, f"Fatal error when handling PubSub notification, aborting invocation - {e}")
+        ctl.save()
+        return Outcome.HANDLED
+
+    def abort(self, invocation_id: int, by: str = "user") -> Invocation:
+        inv = self.store.get(invocation_id)
+        if inv is None:
+            raise UnknownInvocation(invocation_id)
+        if inv.status.final:
+            raise InvocationFinished(f"invocation {invocation_id} already finished: {inv.status}")
+        if inv.status is Status.STARTING:
+            raise RetryLater("the invocation is still starting; abort it once it runs")
+        job, kind = self._job_and_kind(inv)
+        ctl = _Controller(self, inv, job)
+        ctl.log(f"Invocation was manually aborted by {by}")
+        try:
+            kind.abort(ctl)
+        except TransientError as e:
+            raise RetryLater(str(e)) from e
+        except Exception as e:
+            ctl.log(f"Fatal error when aborting the invocation - {e}")
+        if not ctl.status.final:
+            ctl.status = Status.ABORTED
+        ctl.save()
+        return ctl.saved
+
+    def recover(self) -> int:
+        """Hands every pending timer and start of unfinished invocations to the queue again."""
+        tasks = []
+        for inv in self.store.list_active():
+            tasks += [QueuedTask(inv.id, t.id, t.title, t.eta_ns) for t in inv.pending_timers]
+            if inv.status is Status.STARTING:
+                tasks.append(self._start_task(inv, inv.attempt + 1, self.clock.now_ns()))
+        self.queue.schedule(tasks)
+        return len(tasks)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _job_and_kind(self, inv: Invocation) -> tuple[Job, TaskKind]:
+        job = self.jobs.job(inv.job_id)
+        if job is None:
+            raise UnknownJob(inv.job_id)
+        return job, self.kinds[job.kind]
+
+    @staticmethod
+    def _start_task(inv: Invocation, attempt: int, eta_ns: int) -> QueuedTask:
+        return QueuedTask(inv.id, f"{inv.job_id}:{inv.id}:start:{attempt}", START_TASK, eta_ns)
+
+    @staticmethod
+    def _fail(ctl: _Controller, line: str) -> None:
+        if ctl.status is not Status.FAILED:
+            ctl.log(line)
+            ctl.status = Status.FAILED
+
+    def _start(self, inv: Invocation, tid: str) -> Outcome:
+        attempt = int(tid.rsplit(":", 1)[1])
+        # attempt - 1: the normal case; attempt: that attempt died before it saved its end.
+        if inv.status is not Status.STARTING or inv.attempt not in (attempt - 1, attempt):
+            return Outcome.STALE
+        attempt = inv.attempt + 1
+        now = self.clock.now_ns()
+        starting = inv.evolve(
+            attempt=attempt,
+            mutation_count=inv.mutation_count + 1,
+            started_ns=inv.started_ns or now,
+        )
+        self.store.commit(
+            starting, inv.mutation_count, [LogEntry(now, f"Starting the invocation (attempt {attempt})")]
+        )
+        job = self.jobs.job(inv.job_id)
+        if job is None:
+            ctl = _Controller(self, starting, Job(inv.job_id, "", None))
+            self._fail(ctl, f"Failed to initialize task controller - job {inv.job_id!r} is not configured")
+            ctl.save()
+            return Outcome.HANDLED
+        ctl = _Controller(self, starting, job)
+        error: str | None = None
+        transient = False
+        try:
+            self.kinds[job.kind].launch(ctl)
+        except TransientError as e:
+            error, transient = str(e), True
+        except Exception as e:
+            error = str(e) or type(e).__name__
+        if ctl.status is Status.STARTING and error is None:
+            error = "the task did not move the invocation out of STARTING"
+        if transient and attempt >= LAUNCH_RETRY_LIMIT:
+            error, transient = f"Too many retries, giving up (original error - {error})", False
+        retrying = ctl.status is Status.STARTING and transient
+        if retrying:
+            ctl.log("The invocation will be retried")
+        elif ctl.status is Status.STARTING:
+            self._fail(ctl, f"Failed to launch the task - {error}")
+        ctl.save()
+        if retrying:
+            delay = min(2**attempt, 300) * SECOND
+            self.queue.schedule([self._start_task(ctl.saved, attempt + 1, now + delay)])
+        return Outcome.HANDLED

@@ -1,0 +1,143 @@
+"""The job file (TOML): global settings and the jobs, each validated by its task kind."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+
+from .durations import parse_duration
+
+_PROJECT = re.compile(r"^[a-z0-9_\-]+$")
+_JOB_NAME = re.compile(r"^[0-9A-Za-z_\-. ()]{1,100}$")
+
+
+class ConfigError(ValueError):
+    """A job file that cannot be used; the message names the file, the job and the field."""
+
+
+def _duration(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError('must be a Go duration string such as "90s" or "1m30s"')
+    ns = parse_duration(value)
+    if ns < 0:
+        raise ValueError("must not be negative")
+    return ns
+
+
+GoDuration = Annotated[int, BeforeValidator(_duration)]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status_check_min: GoDuration = parse_duration("1m")
+    status_check_max: GoDuration = parse_duration("10m")
+    invocation_timeout: GoDuration = parse_duration("24h")
+    # The service's name: the `user_agent` tag and the project of embedded topic names.
+    app_id: str = "shepherd"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Settings:
+        if self.status_check_min <= 0:
+            raise ValueError("status_check_min must be positive")
+        if self.status_check_min > self.status_check_max:
+            raise ValueError("status_check_min must not exceed status_check_max")
+        return self
+
+
+class _JobHeader(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    kind: str = "buildbucket"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    config: Any  # the kind's own validated model
+
+    @property
+    def project(self) -> str:
+        return self.id.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class JobsFile:
+    source: str
+    settings: Settings
+    jobs: dict[str, Job]
+
+    def job(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f'field "{where}": {message}' if where else message)
+    return "; ".join(parts)
+
+
+def parse_jobs(
+    data: Mapping[str, Any], source: str, config_models: Mapping[str, type[BaseModel]]
+) -> JobsFile:
+    unknown = set(data) - {"settings", "jobs"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}")
+    try:
+        settings = Settings.model_validate(data.get("settings", {}))
+    except ValidationError as e:
+        raise ConfigError(f"{source}: [settings]: {_describe(e)}") from None
+
+    raw_jobs = data.get("jobs", [])
+    if not isinstance(raw_jobs, list):
+        raise ConfigError(f'{source}: "jobs" must be an array of tables ([[jobs]])')
+    jobs: dict[str, Job] = {}
+    for index, raw in enumerate(raw_jobs):
+        label = f"job #{index + 1}"
+        try:
+            header = _JobHeader.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {label}: {_describe(e)}") from None
+        label = f'job "{header.id}"'
+        project, _, name = header.id.partition("/")
+        if not _PROJECT.match(project) or not _JOB_NAME.match(name):
+            raise ConfigError(
+                f'{source}: {label}: field "id": must be "<project>/<job name>" '
+                "(project: a-z 0-9 _ -; name: up to 100 of A-Z a-z 0-9 _ - . space ( ))"
+            )
+        if header.id in jobs:
+            raise ConfigError(f"{source}: {label}: duplicate job id")
+        model = config_models.get(header.kind)
+        if model is None:
+            raise ConfigError(
+                f'{source}: {label}: field "kind": unknown task kind "{header.kind}" '
+                f"(known: {', '.join(sorted(config_models))})"
+            )
+        try:
+            config = model.model_validate(header.model_extra or {})
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {label}: {_describe(e)}") from None
+        jobs[header.id] = Job(id=header.id, kind=header.kind, config=config)
+    return JobsFile(source=source, settings=settings, jobs=jobs)
+
+
+def load_jobs(path: str | Path, config_models: Mapping[str, type[BaseModel]]) -> JobsFile:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the job file: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_jobs(data, str(path), config_models)

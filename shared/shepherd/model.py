@@ -1,0 +1,158 @@
+"""The invocation and what it carries: pure data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    ABORTED = "ABORTED"
+
+    @property
+    def final(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED, Status.ABORTED)
+
+
+@dataclass(frozen=True)
+class GitilesTrigger:
+    repo: str
+    ref: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class TriggerRequest:
+    """What a trigger asks for: the job, the commit, extra properties and tags."""
+
+    job_id: str
+    gitiles: GitilesTrigger | None = None
+    tags: tuple[str, ...] = ()
+    properties: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "gitiles": None if self.gitiles is None else vars(self.gitiles).copy(),
+            "tags": list(self.tags),
+            "properties": self.properties,
+            "request_id": self.request_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TriggerRequest:
+        gitiles = data.get("gitiles")
+        return cls(
+            job_id=data["job_id"],
+            gitiles=GitilesTrigger(**gitiles) if gitiles else None,
+            tags=tuple(data.get("tags", ())),
+            properties=dict(data.get("properties", {})),
+            request_id=data.get("request_id"),
+        )
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    time_ns: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Timer:
+    """A delayed call into the invocation's task, identified as LUCI does."""
+
+    id: str
+    title: str
+    created_ns: int
+    eta_ns: int
+    payload: dict[str, Any] | None = None
+
+
+def timer_id(job_id: str, invocation_id: int, mutation_count: int, index: int) -> str:
+    return f"{job_id}:{invocation_id}:{mutation_count}:{index}"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One run of a job. `mutation_count` rises by one with every stored change."""
+
+    id: int
+    job_id: str
+    request: TriggerRequest
+    status: Status = Status.STARTING
+    attempt: int = 0
+    mutation_count: int = 0
+    created_ns: int = 0
+    started_ns: int | None = None
+    finished_ns: int | None = None
+    view_url: str = ""
+    task_data: dict[str, Any] = field(default_factory=dict)
+    pending_timers: tuple[Timer, ...] = ()
+
+    def evolve(self, **changes: Any) -> Invocation:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "job_id": self.job_id,
+            "request": self.request.to_dict(),
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "mutation_count": self.mutation_count,
+            "created_ns": self.created_ns,
+            "started_ns": self.started_ns,
+            "finished_ns": self.finished_ns,
+            "view_url": self.view_url,
+            "task_data": self.task_data,
+            "pending_timers": [vars(t).copy() for t in self.pending_timers],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Invocation:
+        return cls(
+            id=int(data["id"]),
+            job_id=data["job_id"],
+            request=TriggerRequest.from_dict(data["request"]),
+            status=Status(data["status"]),
+            attempt=data["attempt"],
+            mutation_count=data["mutation_count"],
+            created_ns=data["created_ns"],
+            started_ns=data["started_ns"],
+            finished_ns=data["finished_ns"],
+            view_url=data["view_url"],
+            task_data=dict(data["task_data"]),
+            pending_timers=tuple(Timer(**t) for t in data["pending_timers"]),
+        )
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """What the timer queue delivers to `on_timer` (the body of interfaces.md)."""
+
+    invocation_id: int
+    timer_id: str
+    name: str
+    eta_ns: int
+
+    def body(self) -> dict[str, str]:
+        return {
+            "invocation_id": str(self.invocation_id),
+            "timer_id": self.timer_id,
+            "name": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class PubSubMessage:
+    """A Pub/Sub message as a push subscription delivers it, data already decoded."""
+
+    data: bytes
+    attributes: dict[str, str] = field(default_factory=dict)
+    message_id: str = ""

@@ -1,0 +1,52 @@
+"""The small interfaces the engine talks through; adapters implement them at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .model import Invocation, LogEntry, QueuedTask
+
+
+class ConflictError(Exception):
+    """Someone else changed the invocation first: the event must be handled again."""
+
+
+class Store(Protocol):
+    """Invocations and their debug logs. Every write is one transaction."""
+
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
+        """Stores a new invocation, or returns the one already stored for the same
+        (job, request_id) when the request carries a request_id."""
+        ...
+
+    def get(self, invocation_id: int) -> Invocation | None: ...
+
+    def commit(self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]) -> None:
+        """Replaces the invocation and appends to its log if its stored mutation count is
+        still `expected_mutation_count`; raises ConflictError otherwise."""
+        ...
+
+    def read_log(self, invocation_id: int) -> list[LogEntry]: ...
+
+    def list_invocations(self, job_id: str, limit: int = 50) -> list[Invocation]:
+        """Newest first."""
+        ...
+
+    def list_active(self) -> list[Invocation]:
+        """Invocations not yet finished, for recovering their timers after a crash."""
+        ...
+
+
+class TimerQueue(Protocol):
+    """Delivers each task to `on_timer` at or after its ETA, at least once."""
+
+    def schedule(self, tasks: Sequence[QueuedTask]) -> None:
+        """Idempotent per task name (timer id): scheduling a task twice delivers it once."""
+        ...
+
+
+class NotificationTopic(Protocol):
+    def prepare(self, manager: str, publisher: str) -> str:
+        """Makes sure `publisher` may publish to the topic; returns the topic's full name."""
+        ...

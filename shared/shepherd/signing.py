@@ -1,0 +1,72 @@
+"""HMAC tokens that name an invocation, for `notify.userData`: unforgeable without the key."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from pathlib import Path
+
+
+class BadToken(ValueError):
+    pass
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the signing key must have at least 16 bytes")
+        self._key = key
+
+    def _mac(self, body: str) -> str:
+        return _b64(hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest())
+
+    def sign(self, job_id: str, invocation_id: int) -> str:
+        payload = json.dumps({"job": job_id, "inv": str(invocation_id)}, separators=(",", ":"))
+        body = _b64(payload.encode("utf-8"))
+        return f"{body}.{self._mac(body)}"
+
+    def verify(self, token: str) -> tuple[str, int]:
+        """Returns (job id, invocation id), or raises BadToken."""
+        body, dot, mac = token.partition(".")
+        if not dot or not body.isascii() or not mac.isascii():
+            raise BadToken("malformed token")
+        if not hmac.compare_digest(self._mac(body), mac):
+            raise BadToken("signature does not verify")
+        try:
+            data = json.loads(_unb64(body))
+            return str(data["job"]), int(data["inv"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise BadToken("malformed token payload") from e
+
+
+def load_or_create_key(secret: str | None, state_dir: Path) -> bytes:
+    """The key from SHEPHERD_SECRET, or one generated once into the state directory."""
+    if secret:
+        return secret.encode("utf-8")
+    path = state_dir / "secret.key"
+    if path.exists():
+        return path.read_bytes()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(key)
+    tmp.chmod(0o600)
+    try:
+        # link() refuses to overwrite: two processes racing here agree on the first key.
+        path.hardlink_to(tmp)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes()
