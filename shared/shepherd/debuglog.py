@@ -23,7 +23,9 @@ def json_block(value: Any) -> str:
     if isinstance(value, dict):
         if not value:
             return "{\n}"
-        items = ",\n".join(f"{json.dumps(k, ensure_ascii=False)}: {json_block(v)}" for k, v in value.items())
+        items = ",\n".join(
+            f"{json.dumps(k, ensure_ascii=False)}: {json_block(v)}" for k, v in value.items()
+        )
         return "{\n" + items + "\n}"
     if isinstance(value, list | tuple):
         if not value:

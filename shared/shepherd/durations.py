@@ -55,6 +55,16 @@ def format_duration(ns: int) -> str:
     return sign + text
 
 
+def _fraction_ns(digits: str, unit: int) -> int:
+    """Go's arithmetic for the fraction: digits up to int64 range, then float64 scaling."""
+    f, scale = 0, 1.0
+    for d in digits:
+        if f > MAX_DURATION // 10:
+            break
+        f, scale = f * 10 + int(d), scale * 10
+    return int(float(f) * (float(unit) / scale))
+
+
 def parse_duration(text: str) -> int:
     """Parses Go's duration syntax ("1h30m", "250ms", "-1.5µs") into nanoseconds.
 
@@ -95,7 +105,7 @@ def parse_duration(text: str) -> int:
             raise ValueError(f'time: unknown unit "{unit_name}" in duration "{text}"')
         value = int(whole or "0") * unit
         if frac:
-            value += int(frac) * unit // 10 ** len(frac)
+            value += _fraction_ns(frac, unit)
         total += value
         if total > MAX_DURATION + (1 if negative else 0):
             raise invalid

@@ -18,7 +18,7 @@ from typing import Any
 
 from .clock import Clock
 from .durations import SECOND, format_duration
-from .jobs import Job, JobsFile
+from .jobs import Job, JobsFile, Settings
 from .model import (
     Invocation,
     LogEntry,
@@ -91,6 +91,10 @@ class _Controller:
     def request(self) -> TriggerRequest:
         return self.saved.request
 
+    @property
+    def settings(self) -> Settings:
+        return self._engine.jobs.settings
+
     def now_ns(self) -> int:
         return self._engine.clock.now_ns()
 
@@ -100,7 +104,9 @@ class _Controller:
     def add_timer(self, delay_ns: int, title: str, payload: dict[str, Any] | None = None) -> None:
         # Unique once committed: commits are serialized by the mutation count, and the index
         # tells apart the timers of one commit.
-        tid = timer_id(self.job_id, self.invocation_id, self.saved.mutation_count, len(self._timers))
+        tid = timer_id(
+            self.job_id, self.invocation_id, self.saved.mutation_count, len(self._timers)
+        )
         self.log(f'Scheduling timer "{title}" ({tid}) after {format_duration(delay_ns)}')
         now = self.now_ns()
         self._timers.append(Timer(tid, title, now, now + delay_ns, payload))
@@ -235,7 +241,9 @@ class Engine:
         except TransientError as e:
             raise RetryLater(str(e)) from e
         except Exception as e:
-            self._fail(ctl, f"Fatal error when handling PubSub notification, aborting invocation - {e}")
+            self._fail(
+                ctl, f"Fatal error when handling PubSub notification, aborting invocation - {e}"
+            )
         ctl.save()
         return Outcome.HANDLED
 
@@ -302,12 +310,16 @@ class Engine:
             started_ns=inv.started_ns or now,
         )
         self.store.commit(
-            starting, inv.mutation_count, [LogEntry(now, f"Starting the invocation (attempt {attempt})")]
+            starting,
+            inv.mutation_count,
+            [LogEntry(now, f"Starting the invocation (attempt {attempt})")],
         )
         job = self.jobs.job(inv.job_id)
         if job is None:
             ctl = _Controller(self, starting, Job(inv.job_id, "", None))
-            self._fail(ctl, f"Failed to initialize task controller - job {inv.job_id!r} is not configured")
+            self._fail(
+                ctl, f"Failed to initialize task controller - job {inv.job_id!r} is not configured"
+            )
             ctl.save()
             return Outcome.HANDLED
         ctl = _Controller(self, starting, job)

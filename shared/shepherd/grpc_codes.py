@@ -75,3 +75,19 @@ _HTTP_STATUS = {
 TRANSIENT = frozenset(
     {Code.UNKNOWN, Code.INTERNAL, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED}
 )
+
+
+class RpcError(Exception):
+    """A failed pRPC call, printed as Go's status errors are."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT
+
+    def __str__(self) -> str:
+        return f"rpc error: code = {self.code.go_name} desc = {self.message}"

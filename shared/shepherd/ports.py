@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .model import Invocation, LogEntry, QueuedTask
 
@@ -22,7 +22,9 @@ class Store(Protocol):
 
     def get(self, invocation_id: int) -> Invocation | None: ...
 
-    def commit(self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]) -> None:
+    def commit(
+        self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]
+    ) -> None:
         """Replaces the invocation and appends to its log if its stored mutation count is
         still `expected_mutation_count`; raises ConflictError otherwise."""
         ...
@@ -50,3 +52,13 @@ class NotificationTopic(Protocol):
     def prepare(self, manager: str, publisher: str) -> str:
         """Makes sure `publisher` may publish to the topic; returns the topic's full name."""
         ...
+
+
+class BuildsAPI(Protocol):
+    """Buildbucket v2 `Builds` service of one server; failures raise grpc_codes.RpcError."""
+
+    def schedule_build(self, server: str, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get_build(self, server: str, build_id: str) -> dict[str, Any]: ...
+
+    def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]: ...

@@ -6,11 +6,16 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
+from ..jobs import Settings
 from ..model import PubSubMessage, Status, TriggerRequest
 
 
 class TransientError(Exception):
     """Try the event again later; the invocation is left as it was."""
+
+
+class TaskError(Exception):
+    """A fatal error of the task: the invocation fails."""
 
 
 class Controller(Protocol):
@@ -30,13 +35,20 @@ class Controller(Protocol):
     @property
     def request(self) -> TriggerRequest: ...
 
+    @property
+    def settings(self) -> Settings:
+        """The job file's global settings (status check delays, app id)."""
+        ...
+
     status: Status
     view_url: str
     task_data: dict[str, Any]
 
     def log(self, text: str) -> None: ...
 
-    def add_timer(self, delay_ns: int, title: str, payload: dict[str, Any] | None = None) -> None: ...
+    def add_timer(
+        self, delay_ns: int, title: str, payload: dict[str, Any] | None = None
+    ) -> None: ...
 
     def prepare_topic(self, publisher: str) -> tuple[str, str]:
         """Returns (topic name, signed token that identifies this invocation)."""

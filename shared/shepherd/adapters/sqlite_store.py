@@ -1,0 +1,161 @@
+"""The embedded store: invocations and their logs in one SQLite file (stdlib sqlite3).
+
+Every write is one transaction. A commit is a compare-and-swap on the mutation count, so two
+handlers racing on one invocation cannot both win, across threads and processes alike.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..model import Invocation, LogEntry
+from ..ports import ConflictError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS invocations (
+    id INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    request_id TEXT,
+    status TEXT NOT NULL,
+    mutation_count INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS invocations_request
+    ON invocations (job_id, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS invocations_job ON invocations (job_id, created_ns DESC);
+CREATE INDEX IF NOT EXISTS invocations_active ON invocations (status)
+    WHERE status IN ('STARTING', 'RUNNING');
+CREATE TABLE IF NOT EXISTS log_entries (
+    invocation_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    time_ns INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (invocation_id, seq)
+);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        with self._transaction(write=True) as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    @contextmanager
+    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        # A connection per transaction: safe for any thread, and WAL lets readers run beside
+        # the single writer. BEGIN IMMEDIATE takes the write lock up front, so the read
+        # inside a compare-and-swap cannot go stale before the write.
+        db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @staticmethod
+    def _append_log(db: sqlite3.Connection, invocation_id: int, log: Sequence[LogEntry]) -> None:
+        if not log:
+            return
+        (start,) = db.execute(
+            "SELECT COALESCE(MAX(seq), -1) + 1 FROM log_entries WHERE invocation_id = ?",
+            (invocation_id,),
+        ).fetchone()
+        db.executemany(
+            "INSERT INTO log_entries (invocation_id, seq, time_ns, text) VALUES (?, ?, ?, ?)",
+            [(invocation_id, start + i, e.time_ns, e.text) for i, e in enumerate(log)],
+        )
+
+    @staticmethod
+    def _row(invocation: Invocation) -> tuple[str, int, str]:
+        return invocation.status.value, invocation.mutation_count, json.dumps(invocation.to_dict())
+
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
+        request_id = invocation.request.request_id
+        status, count, data = self._row(invocation)
+        with self._transaction(write=True) as db:
+            if request_id is not None:
+                found = db.execute(
+                    "SELECT data FROM invocations WHERE job_id = ? AND request_id = ?",
+                    (invocation.job_id, request_id),
+                ).fetchone()
+                if found:
+                    return Invocation.from_dict(json.loads(found[0]))
+            db.execute(
+                "INSERT INTO invocations (id, job_id, request_id, status, mutation_count,"
+                " created_ns, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    invocation.id,
+                    invocation.job_id,
+                    request_id,
+                    status,
+                    count,
+                    invocation.created_ns,
+                    data,
+                ),
+            )
+            self._append_log(db, invocation.id, log)
+        return invocation
+
+    def get(self, invocation_id: int) -> Invocation | None:
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM invocations WHERE id = ?", (invocation_id,))
+            found = row.fetchone()
+        return Invocation.from_dict(json.loads(found[0])) if found else None
+
+    def commit(
+        self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]
+    ) -> None:
+        status, count, data = self._row(invocation)
+        with self._transaction(write=True) as db:
+            updated = db.execute(
+                "UPDATE invocations SET status = ?, mutation_count = ?, data = ?"
+                " WHERE id = ? AND mutation_count = ?",
+                (status, count, data, invocation.id, expected_mutation_count),
+            ).rowcount
+            if updated != 1:
+                raise ConflictError(
+                    f"invocation {invocation.id} was modified by someone else "
+                    f"(expected mutation count {expected_mutation_count})"
+                )
+            self._append_log(db, invocation.id, log)
+
+    def read_log(self, invocation_id: int) -> list[LogEntry]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT time_ns, text FROM log_entries WHERE invocation_id = ? ORDER BY seq",
+                (invocation_id,),
+            ).fetchall()
+        return [LogEntry(t, text) for t, text in rows]
+
+    def list_invocations(self, job_id: str, limit: int = 50) -> list[Invocation]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT data FROM invocations WHERE job_id = ? ORDER BY created_ns DESC, id DESC"
+                " LIMIT ?",
+                (job_id, limit),
+            ).fetchall()
+        return [Invocation.from_dict(json.loads(r[0])) for r in rows]
+
+    def list_active(self) -> list[Invocation]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT data FROM invocations WHERE status IN ('STARTING', 'RUNNING')"
+            ).fetchall()
+        return [Invocation.from_dict(json.loads(r[0])) for r in rows]

@@ -1,0 +1,50 @@
+"""Request bodies at the edge, validated with pydantic into the domain's dataclasses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+
+from .model import GitilesTrigger, TriggerRequest
+
+
+class GitilesBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: StrictStr = Field(min_length=1)
+    ref: StrictStr = Field(min_length=1)
+    revision: StrictStr = Field(min_length=1)
+
+
+class TriggerBody(BaseModel):
+    """`POST /trigger` (interfaces.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: StrictStr = Field(min_length=1)
+    gitiles: GitilesBody | None = None
+    tags: list[StrictStr] = Field(default_factory=list)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    request_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            key, colon, _ = tag.partition(":")
+            if not colon or not key:
+                raise ValueError(f'tag "{tag}" must be "key:value"')
+        return tags
+
+    def to_request(self) -> TriggerRequest:
+        gitiles = self.gitiles
+        return TriggerRequest(
+            job_id=self.job,
+            gitiles=GitilesTrigger(gitiles.repo, gitiles.ref, gitiles.revision)
+            if gitiles
+            else None,
+            tags=tuple(self.tags),
+            properties=dict(self.properties),
+            request_id=self.request_id,
+        )

@@ -1,0 +1,377 @@
+"""The Buildbucket task kind: schedules a build, then follows it to its end (LUCI's task)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..debuglog import json_block
+from ..durations import SECOND
+from ..grpc_codes import RpcError
+from ..model import PubSubMessage, Status, TriggerRequest
+from ..ports import BuildsAPI
+from .base import Controller, TaskError, TransientError
+
+STATUS_CHECK_TIMER = "check-buildbucket-build-status"
+RESERVED_TAGS = ("scheduler_invocation_id", "scheduler_job_id", "user_agent")
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
+_BUILDSET = re.compile(r"^commit/gitiles/([^/]+)/(.+?)/\+/([a-f0-9]+)$")
+
+_STATUS_MAP = {
+    "SUCCESS": Status.SUCCEEDED,
+    "FAILURE": Status.FAILED,
+    "INFRA_FAILURE": Status.FAILED,
+    "CANCELED": Status.ABORTED,
+}
+_ACTIVE = ("SCHEDULED", "STARTED")
+
+
+class BuildbucketConfig(BaseModel):
+    """A job's `kind = "buildbucket"` fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    server: str
+    bucket: str
+    builder: str = Field(min_length=1)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        if value.startswith("http://"):
+            parts = urlsplit(value)
+            if not parts.hostname or parts.path not in ("", "/") or parts.query:
+                raise ValueError('a local server must look like "http://HOST:PORT"')
+            return value.rstrip("/")
+        if not _HOST.match(value):
+            raise ValueError(f'"{value}" is not a host name such as "cr-buildbucket.appspot.com"')
+        return value
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not value:
+            raise ValueError("is required")
+        if value.startswith("luci."):
+            raise ValueError(f'legacy v1 bucket names like "{value}" are no longer allowed')
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in value:
+            key, colon, _ = tag.partition(":")
+            if not colon or not key:
+                raise ValueError(f'tag "{tag}" must be "key:value"')
+            if key in RESERVED_TAGS:
+                raise ValueError(f'tag "{key}" is reserved')
+        return value
+
+
+def server_url(server: str) -> str:
+    """The base URL of a configured server: a host means https, an http:// URL stays."""
+    return server if server.startswith("http://") else "https://" + server
+
+
+@dataclass(frozen=True)
+class GitilesCommit:
+    host: str
+    project: str
+    id: str
+    ref: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        out = {"host": self.host, "project": self.project, "id": self.id}
+        if self.ref:
+            out["ref"] = self.ref
+        return out
+
+
+def normalize_ref(ref: str) -> str:
+    return "refs/heads/" + ref if ref and not ref.startswith("refs/") else ref
+
+
+def normalize_repo_url(url: str) -> tuple[str, str]:
+    """(host, project) of a gitiles repository URL, as gitiles.NormalizeRepoURL accepts it."""
+    parts = urlsplit(url)
+    if parts.scheme != "https":
+        raise ValueError("only https scheme is supported")
+    if not parts.hostname:
+        raise ValueError("host is not specified")
+    if parts.query or parts.fragment:
+        raise ValueError("query and fragment are not allowed")
+    path = parts.path.removeprefix("/a/").strip("/").removesuffix(".git").rstrip("/")
+    if not path:
+        raise ValueError("path to repo is empty")
+    return parts.hostname, path
+
+
+def _commit_from_trigger(request: TriggerRequest) -> GitilesCommit | None:
+    if request.gitiles is None:
+        return None
+    try:
+        host, project = normalize_repo_url(request.gitiles.repo)
+    except ValueError as e:
+        raise TaskError(
+            f'failed to prepare gitiles_commit: bad repo URL "{request.gitiles.repo}": {e}'
+        ) from None
+    return GitilesCommit(host, project, request.gitiles.revision, request.gitiles.ref)
+
+
+def _pop_commit_from_tags(
+    log: Callable[[str], None], props: dict[str, Any], tags: list[str]
+) -> GitilesCommit | None:
+    """Takes gitiles information out of tags and properties, which Buildbucket v2 refuses."""
+    commit: GitilesCommit | None = None
+    ref = ""
+    kept = []
+    for tag in tags:
+        key, _, value = tag.partition(":")
+        if key == "gitiles_ref":
+            if ref:
+                log(f"Ignoring extra gitiles_ref {json.dumps(ref)}")
+            ref = normalize_ref(value)
+        elif key == "buildset":
+            if commit is not None:
+                log(f"Ignoring extra buildset tag {json.dumps(tag)}")
+            elif m := _BUILDSET.match(value):
+                commit = GitilesCommit(m[1], m[2], m[3])
+                log(f"Popped buildset tag {json.dumps(tag)}")
+            else:
+                log(f"Ignoring unrecognized buildset tag {json.dumps(tag)}")
+        else:
+            kept.append(tag)
+    tags[:] = kept
+
+    if commit is not None:
+        commit = GitilesCommit(commit.host, commit.project, commit.id, ref)
+    elif ref:
+        log("Ignoring gitiles_ref tag without the buildset tag")
+
+    def pop(key: str) -> str:
+        value = props.pop(key, None)
+        return value if isinstance(value, str) else ""
+
+    repository, branch, revision = pop("repository"), normalize_ref(pop("branch")), pop("revision")
+    if commit is None:
+        for key, value in (("repository", repository), ("branch", branch), ("revision", revision)):
+            if value:
+                quoted = json.dumps(value)
+                log(f'No buildset tag present, ignoring property "{key}": {quoted}')
+        return None
+    if repository:
+        try:
+            host, project = normalize_repo_url(repository)
+        except ValueError:
+            log(f'Ignoring invalid property "repository": {json.dumps(repository)}')
+        else:
+            if host != commit.host:
+                log(
+                    f"Git host in properties {json.dumps(host)} doesn't match "
+                    f"the one in tags {json.dumps(commit.host)}"
+                )
+            if project != commit.project:
+                log(
+                    f"Git project in properties {json.dumps(project)} doesn't match "
+                    f"the one in tags {json.dumps(commit.project)}"
+                )
+    if branch and branch != commit.ref:
+        log(
+            f"Git ref in properties {json.dumps(branch)} doesn't match "
+            f"the one in tags {json.dumps(commit.ref)}"
+        )
+    if revision and revision != commit.id:
+        log(
+            f"Git commit in properties {json.dumps(revision)} doesn't match "
+            f"the one in tags {json.dumps(commit.id)}"
+        )
+    return commit
+
+
+def builder_id(cfg: BuildbucketConfig, job_id: str) -> dict[str, str]:
+    project, bucket = job_id.split("/", 1)[0], cfg.bucket
+    if ":" in bucket:
+        project, bucket = bucket.split(":", 1)
+    return {"project": project, "bucket": bucket, "builder": cfg.builder}
+
+
+def build_schedule_request(
+    cfg: BuildbucketConfig,
+    *,
+    job_id: str,
+    invocation_id: int,
+    trigger: TriggerRequest,
+    app_id: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The ScheduleBuild request, without `notify`; logs what LUCI logs on the way."""
+    tags = [
+        f"scheduler_invocation_id:{invocation_id}",
+        f"scheduler_job_id:{job_id}",
+        f"user_agent:{app_id}",
+        *cfg.tags,
+        *trigger.tags,
+    ]
+    props = {**cfg.properties, **trigger.properties}
+    commit = _commit_from_trigger(trigger)
+    from_tags = _pop_commit_from_tags(log, props, tags)
+    if commit is None and from_tags is not None:
+        log("Reconstructed gitiles commit from tags")
+        commit = from_tags
+    elif commit is not None and from_tags is not None:
+        if commit == from_tags:
+            log("Popped gitiles commit info from properties and tags")
+        else:
+            log("crbug.com/1182002: Gitiles commit from triggers doesn't match the one from tags")
+            log("From triggers:\n" + json_block(commit.to_json()))
+            log("From properties:\n" + json_block(from_tags.to_json()))
+            log("Using the one from tags")
+            commit = from_tags
+    out: dict[str, Any] = {
+        "requestId": str(invocation_id),
+        "builder": builder_id(cfg, job_id),
+        "properties": props,
+    }
+    if commit is not None:
+        out["gitilesCommit"] = commit.to_json()
+    out["tags"] = [
+        {"key": key, "value": value} for key, _, value in (t.partition(":") for t in tags)
+    ]
+    return out
+
+
+def invocation_status(build: dict[str, Any], log: Callable[[str], None]) -> Status | None:
+    """The invocation status a build's status means; None while the build is active."""
+    status = build.get("status")
+    if status in _ACTIVE:
+        return None
+    if status in _STATUS_MAP:
+        return _STATUS_MAP[status]
+    log(f"Unexpected Build status {status}, marking the invocation as failed")
+    return Status.FAILED
+
+
+class BuildbucketKind:
+    name: ClassVar[str] = "buildbucket"
+    config_model: ClassVar[type[BaseModel]] = BuildbucketConfig
+
+    def __init__(self, api: BuildsAPI, rng: random.Random | None = None) -> None:
+        self._api = api
+        self._rng = rng or random.Random()
+
+    def launch(self, ctl: Controller) -> None:
+        cfg: BuildbucketConfig = ctl.config
+        request = build_schedule_request(
+            cfg,
+            job_id=ctl.job_id,
+            invocation_id=ctl.invocation_id,
+            trigger=ctl.request,
+            app_id=ctl.settings.app_id,
+            log=ctl.log,
+        )
+        url = server_url(cfg.server)
+        ctl.log(f"Preparing PubSub topic for {json.dumps(url)}")
+        try:
+            topic, token = ctl.prepare_topic(url)
+        except Exception as e:
+            ctl.log(f"Failed to prepare PubSub topic - {e}")
+            raise TransientError(f"failed to prepare PubSub topic - {e}") from e
+        ctl.log(f"PubSub topic is {json.dumps(topic)}")
+        request["notify"] = {"pubsubTopic": topic}
+        ctl.log("Buildbucket request:\n" + json_block(request))
+        # The token goes in only after the request was logged: it must not reach the log.
+        request["notify"]["userData"] = base64.b64encode(token.encode()).decode("ascii")
+        ctl.save()
+
+        try:
+            build = self._api.schedule_build(cfg.server, request)
+        except RpcError as e:
+            ctl.log(f"Failed to schedule Buildbucket build - {e}")
+            raise (TransientError if e.transient else TaskError)(str(e)) from e
+        ctl.log("Scheduled build:\n" + json_block(build))
+        ctl.task_data = {"build_id": str(build["id"])}
+        ctl.status = Status.RUNNING
+        ctl.view_url = f"{url}/build/{build['id']}"
+        ctl.log(f"Task URL: {ctl.view_url}")
+        # A retried request with the same requestId may find the build finished already.
+        if (final := invocation_status(build, ctl.log)) is not None:
+            ctl.status = final
+        self._check_later(ctl)
+
+    def examine_notification(self, message: PubSubMessage) -> str | None:
+        if token := message.attributes.get("auth_token"):
+            return token
+        try:
+            body = json.loads(message.data)
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        if isinstance(user_data := body.get("userData"), str):
+            try:
+                return base64.b64decode(user_data, validate=True).decode("utf-8")
+            except ValueError:
+                return None
+        legacy = body.get("user_data")
+        return legacy if isinstance(legacy, str) and legacy else None
+
+    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
+        ctl.log("Received PubSub notification, asking Buildbucket for the build status")
+        self._check_status(ctl)
+
+    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
+        if name == STATUS_CHECK_TIMER:
+            self._check_status(ctl)
+            self._check_later(ctl)
+
+    def abort(self, ctl: Controller) -> None:
+        if ctl.status is Status.STARTING:
+            raise TransientError(f'can\'t abort Buildbucket invocation in state "{ctl.status}"')
+        build_id = self._build_id(ctl)
+        try:
+            self._api.cancel_build(ctl.config.server, build_id, "Canceled via shepherd")
+        except RpcError as e:
+            raise (TransientError if e.transient else TaskError)(str(e)) from e
+
+    def _build_id(self, ctl: Controller) -> str:
+        build_id = ctl.task_data.get("build_id")
+        if not isinstance(build_id, str):
+            ctl.status = Status.FAILED
+            raise TaskError("could not parse TaskData: no build_id")
+        return build_id
+
+    def _check_later(self, ctl: Controller) -> None:
+        if not ctl.status.final:
+            low, high = ctl.settings.status_check_min, ctl.settings.status_check_max
+            delay = low + (self._rng.randrange(high - low) if high > low else 0)
+            ctl.add_timer(delay - delay % SECOND, STATUS_CHECK_TIMER)
+
+    def _check_status(self, ctl: Controller) -> None:
+        if ctl.status is Status.STARTING:
+            raise TransientError("invocation is still starting, try again later")
+        if ctl.status is not Status.RUNNING:
+            raise TaskError(f'unexpected invocation status "{ctl.status}", expecting "RUNNING"')
+        build_id = self._build_id(ctl)
+        try:
+            build = self._api.get_build(ctl.config.server, build_id)
+        except RpcError as e:
+            ctl.log(f"Failed to fetch build - {e}")
+            if e.transient:
+                raise TransientError(str(e)) from e
+            ctl.status = Status.FAILED
+            raise TaskError(str(e)) from e
+        if (final := invocation_status(build, ctl.log)) is not None:
+            ctl.status = final
+            ctl.log("Build:\n" + json_block(build))
+        else:
+            ctl.log(f"Build status: {build.get('status')}")
