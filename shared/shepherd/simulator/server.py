@@ -1,0 +1,609 @@
+"""A Buildbucket v2 simulator: pRPC over HTTP, scripted build lifecycles, Pub/Sub notifications."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shepherd.durations import parse_duration
+from shepherd.grpc_codes import Code, RpcError
+from shepherd.timestamps import format_rfc3339
+
+Json = dict[str, Any]
+
+SERVICE = "buildbucket.v2.Builds"
+METHODS = ("ScheduleBuild", "GetBuild", "CancelBuild")
+FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "INFRA_FAILURE", "CANCELED"})
+BUILDER_KEYS = ("project", "bucket", "builder")
+COMMIT_KEYS = ("host", "project", "id", "ref", "position")
+CALLER = "user:shepherd@localhost"
+XSSI_PREFIX = b")]}'\n"
+SERVER_INFO = {"app_id": "buildbucket-sim", "service_account_name": "buildbucket-sim@localhost"}
+PUSH_TRIES = 5
+PUSH_BACKOFF_S = 0.2
+DEFAULT_SCRIPT = [
+    {"status": "SCHEDULED", "for": "1s"},
+    {"status": "STARTED", "for": "2s"},
+    {"status": "SUCCESS"},
+]
+CONFIG_KEYS = frozenset(
+    {
+        "script",
+        "scripts",
+        "faults",
+        "drop_notifications",
+        "duplicate_notifications",
+        "latency",
+        "sink_url",
+        "seed",
+        "clock",
+        "start_ns",
+        "first_build_id",
+        "first_build_number",
+    }
+)
+
+
+class AdminError(Exception):
+    """A refused admin request, answered with `status` and `{"error": message}`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Step:
+    status: str
+    for_ns: int | None
+
+
+@dataclass
+class Fault:
+    method: str
+    code: Code
+    times: int
+
+
+@dataclass
+class Config:
+    script: list[Step]
+    scripts: dict[str, list[Step]]
+    faults: list[Fault]
+    drop_notifications: float
+    duplicate_notifications: bool
+    latency_ns: int
+    sink_url: str | None
+    seed: int
+    clock: str
+    start_ns: int
+    first_build_id: int
+    first_build_number: int
+
+
+def _get(raw: Json, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = raw.get(key, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        raise ValueError(f"config {key!r}: wrong type {type(value).__name__}")
+    return value
+
+
+def _parse_script(raw: Any, where: str) -> list[Step]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}: must be a non-empty list of steps")
+    steps = []
+    for i, item in enumerate(raw):
+        last = i == len(raw) - 1
+        if not isinstance(item, dict) or set(item) - {"status", "for"}:
+            raise ValueError(f'{where}[{i}]: a step is {{"status": NAME, "for": DURATION}}')
+        status = item.get("status")
+        if not isinstance(status, str) or not status:
+            raise ValueError(f"{where}[{i}]: needs a status name")
+        if ("for" in item) == last:
+            raise ValueError(f"{where}[{i}]: " + ("takes no 'for'" if last else "needs 'for'"))
+        for_ns = None
+        if not last:
+            if not isinstance(item["for"], str):
+                raise ValueError(f"{where}[{i}]: 'for' must be a duration string")
+            for_ns = parse_duration(item["for"])
+            if for_ns < 0:
+                raise ValueError(f"{where}[{i}]: negative duration")
+        steps.append(Step(status, for_ns))
+    return steps
+
+
+def parse_config(raw: Any) -> Config:
+    """Validates an admin config object; raises ValueError saying what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("config must be a JSON object")
+    if unknown := set(raw) - CONFIG_KEYS:
+        raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    scripts = _get(raw, "scripts", dict, {})
+    faults = []
+    for i, item in enumerate(_get(raw, "faults", list, [])):
+        if not isinstance(item, dict) or not isinstance(item.get("method"), str):
+            raise ValueError(f"faults[{i}]: needs a method")
+        times = _get(item, "times", int, 1)
+        if times < 0:
+            raise ValueError(f"faults[{i}]: negative times")
+        faults.append(Fault(item["method"], Code.parse(item.get("code", "UNAVAILABLE")), times))
+    drop = _get(raw, "drop_notifications", (int, float), 0)
+    if not 0 <= drop <= 1:
+        raise ValueError("config 'drop_notifications': must be within 0..1")
+    sink_url = _get(raw, "sink_url", str, None)
+    if sink_url is not None and not sink_url.startswith(("http://", "https://")):
+        raise ValueError("config 'sink_url': must be an http(s) URL")
+    clock = _get(raw, "clock", str, "real")
+    if clock not in ("real", "manual"):
+        raise ValueError("config 'clock': must be 'real' or 'manual'")
+    latency_ns = parse_duration(_get(raw, "latency", str, "0s"))
+    if latency_ns < 0:
+        raise ValueError("config 'latency': negative duration")
+    return Config(
+        script=_parse_script(raw.get("script", DEFAULT_SCRIPT), "script"),
+        scripts={name: _parse_script(s, f"scripts[{name!r}]") for name, s in scripts.items()},
+        faults=faults,
+        drop_notifications=float(drop),
+        duplicate_notifications=_get(raw, "duplicate_notifications", bool, False),
+        latency_ns=latency_ns,
+        sink_url=sink_url,
+        seed=_get(raw, "seed", int, 0),
+        clock=clock,
+        start_ns=_get(raw, "start_ns", int, 0),
+        first_build_id=_get(raw, "first_build_id", int, 8809024803687588913),
+        first_build_number=_get(raw, "first_build_number", int, 1),
+    )
+
+
+@dataclass
+class Build:
+    id: int
+    builder: dict[str, str]
+    number: int
+    create_ns: int
+    script: list[Step]
+    gitiles_commit: Json | None
+    topic: str
+    user_data: str
+    step: int = 0
+    status: str = ""
+    start_ns: int | None = None
+    end_ns: int | None = None
+    update_ns: int = 0
+    next_ns: int | None = None
+
+    def set_status(self, status: str, at: int) -> None:
+        self.status = status
+        self.update_ns = at
+        if status == "STARTED":
+            self.start_ns = at
+        if status in FINAL_STATUSES:
+            self.end_ns = at
+
+    def enter(self, index: int, at: int) -> None:
+        step = self.script[index]
+        self.step = index
+        self.set_status(step.status, at)
+        self.next_ns = None if step.for_ns is None else at + step.for_ns
+
+    def to_json(self) -> Json:
+        out: Json = {
+            "id": str(self.id),
+            "builder": dict(self.builder),
+            "number": self.number,
+            "createdBy": f"project:{self.builder['project']}",
+            "createTime": format_rfc3339(self.create_ns),
+        }
+        if self.start_ns is not None:
+            out["startTime"] = format_rfc3339(self.start_ns)
+        if self.end_ns is not None:
+            out["endTime"] = format_rfc3339(self.end_ns)
+        out["updateTime"] = format_rfc3339(self.update_ns)
+        out["status"] = self.status
+        if self.gitiles_commit is not None:
+            out["input"] = {"gitilesCommit": dict(self.gitiles_commit)}
+        return out
+
+
+def _ordered_commit(raw: Any) -> Json | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise RpcError(Code.INVALID_ARGUMENT, "gitiles_commit: must be an object")
+    known = {k: raw[k] for k in COMMIT_KEYS if k in raw}
+    return known | {k: v for k, v in raw.items() if k not in known}
+
+
+def push_body(message: Json, topic: str) -> Json:
+    """The body Pub/Sub POSTs to a push subscription for `message`."""
+    data = json.dumps(message["data"], separators=(",", ":")).encode()
+    return {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": message["attributes"],
+            "messageId": message["messageId"],
+            "publishTime": message["publishTime"],
+        },
+        "subscription": f"projects/sim/subscriptions/{topic.rsplit('/', 1)[-1]}",
+    }
+
+
+class Simulator:
+    """The builds and their scripted lifecycles, behind one lock; no sockets."""
+
+    def __init__(self, config: Json | None = None) -> None:
+        self._lock = threading.Condition(threading.RLock())
+        self._closed = False
+        self.sink: queue.Queue[tuple[str, Json]] = queue.Queue()
+        self.configure(config or {})
+
+    def configure(self, raw: Json) -> None:
+        """Replaces the config and resets every build, counter and the outbox."""
+        try:
+            config = parse_config(raw)
+        except ValueError as e:
+            raise AdminError(400, str(e)) from None
+        with self._lock:
+            self.config = config
+            self._now = config.start_ns
+            self._builds: dict[int, Build] = {}
+            self._by_request: dict[str, int] = {}
+            self._numbers: dict[tuple[str, ...], int] = {}
+            self._next_id = config.first_build_id
+            self._message_id = 0
+            self._rng = random.Random(config.seed)
+            self._outbox: list[Json] = []
+            self.calls: dict[str, int] = dict.fromkeys(METHODS, 0)
+            self._lock.notify_all()
+
+    def now_ns(self) -> int:
+        with self._lock:
+            return self._now if self.config.clock == "manual" else time.time_ns()
+
+    def latency_s(self) -> float:
+        with self._lock:
+            return 0.0 if self.config.clock == "manual" else self.config.latency_ns / 1e9
+
+    def next_event_ns(self) -> int | None:
+        with self._lock:
+            pending = [b.next_ns for b in self._builds.values() if b.next_ns is not None]
+            return min(pending, default=None)
+
+    def call(self, method: str, request: Any) -> Json:
+        """One RPC as received: counted, then faulted if configured, then served."""
+        with self._lock:
+            self.calls[method] = self.calls.get(method, 0) + 1
+            for fault in self.config.faults:
+                if fault.times > 0 and fault.method in (method, "*"):
+                    fault.times -= 1
+                    raise RpcError(fault.code, f"simulated {fault.code.name} fault")
+            handler = {
+                "ScheduleBuild": self.schedule_build,
+                "GetBuild": self.get_build,
+                "CancelBuild": self.cancel_build,
+            }.get(method)
+            if handler is None:
+                raise RpcError(
+                    Code.UNIMPLEMENTED, f'method "{method}" of service "{SERVICE}" not implemented'
+                )
+            if not isinstance(request, dict):
+                raise RpcError(Code.INVALID_ARGUMENT, "the request body is not a JSON object")
+            return handler(request)
+
+    def schedule_build(self, request: Json) -> Json:
+        builder = request.get("builder")
+        if not isinstance(builder, dict) or not all(
+            isinstance(builder.get(k), str) and builder[k] for k in BUILDER_KEYS
+        ):
+            raise RpcError(Code.INVALID_ARGUMENT, "builder or template_build_id is required")
+        notify = request.get("notify") or {}
+        if not isinstance(notify, dict):
+            raise RpcError(Code.INVALID_ARGUMENT, "notify: must be an object")
+        commit = _ordered_commit(request.get("gitilesCommit"))
+        request_id = request.get("requestId") or ""
+        with self._lock:
+            now = self._catch_up()
+            if request_id in self._by_request:
+                return self._builds[self._by_request[request_id]].to_json()
+            key = tuple(builder[k] for k in BUILDER_KEYS)
+            number = self._numbers.get(key, self.config.first_build_number)
+            self._numbers[key] = number + 1
+            build = Build(
+                id=self._next_id,
+                builder={k: builder[k] for k in BUILDER_KEYS},
+                number=number,
+                create_ns=now,
+                script=self.config.scripts.get(builder["builder"], self.config.script),
+                gitiles_commit=commit,
+                topic=str(notify.get("pubsubTopic") or ""),
+                user_data=str(notify.get("userData") or ""),
+            )
+            self._next_id -= 1
+            build.enter(0, now)
+            self._builds[build.id] = build
+            if request_id:
+                self._by_request[request_id] = build.id
+            self._lock.notify_all()
+            return build.to_json()
+
+    def get_build(self, request: Json) -> Json:
+        with self._lock:
+            self._catch_up()
+            return self._find(request).to_json()
+
+    def cancel_build(self, request: Json) -> Json:
+        with self._lock:
+            now = self._catch_up()
+            build = self._find(request)
+            if build.status not in FINAL_STATUSES:
+                build.set_status("CANCELED", now)
+                build.next_ns = None
+                self._publish(build, now)
+                self._lock.notify_all()
+            return build.to_json()
+
+    def advance(self, to_ns: int) -> Json:
+        """Manual clock: applies every transition due up to `to_ns`, then takes the outbox."""
+        with self._lock:
+            if self.config.clock != "manual":
+                raise AdminError(409, "advance needs the manual clock")
+            if to_ns < self._now:
+                raise AdminError(400, f"cannot go back in time from {self._now} to {to_ns}")
+            self._apply_due(to_ns)
+            self._now = to_ns
+            return self.take_outbox()
+
+    def take_outbox(self) -> Json:
+        with self._lock:
+            now = self._catch_up()
+            published, self._outbox = self._outbox, []
+            return {"now_ns": now, "published": published, "next_event_ns": self.next_event_ns()}
+
+    def state(self) -> Json:
+        with self._lock:
+            now = self._catch_up()
+            return {
+                "now_ns": now,
+                "next_event_ns": self.next_event_ns(),
+                "calls": dict(self.calls),
+                "builds": [b.to_json() for b in self._builds.values()],
+            }
+
+    def run_clock(self) -> None:
+        """Real clock: applies transitions as time reaches them, until close()."""
+        with self._lock:
+            while not self._closed:
+                timeout = None
+                if self.config.clock == "real":
+                    now = self._catch_up()
+                    upcoming = self.next_event_ns()
+                    if upcoming is not None:
+                        timeout = max(upcoming - now, 0) / 1e9
+                self._lock.wait(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+
+    def _find(self, request: Json) -> Build:
+        raw = request.get("id")
+        if isinstance(raw, bool) or not (
+            isinstance(raw, int) or (isinstance(raw, str) and raw.isascii() and raw.isdigit())
+        ):
+            raise RpcError(Code.INVALID_ARGUMENT, "id: required")
+        build = self._builds.get(int(raw))
+        if build is None:
+            raise RpcError(
+                Code.NOT_FOUND,
+                f'requested resource not found or "{CALLER}" does not have permission to view it',
+            )
+        return build
+
+    def _catch_up(self) -> int:
+        if self.config.clock == "manual":
+            return self._now
+        now = time.time_ns()
+        self._apply_due(now)
+        return now
+
+    def _apply_due(self, until: int) -> None:
+        while True:
+            due = [
+                (b.next_ns, b)
+                for b in self._builds.values()
+                if b.next_ns is not None and b.next_ns <= until
+            ]
+            if not due:
+                return
+            at, build = min(due, key=lambda pair: pair[0])
+            build.enter(build.step + 1, at)
+            self._publish(build, at)
+
+    def _publish(self, build: Build, at: int) -> None:
+        if not build.topic or self._rng.random() < self.config.drop_notifications:
+            return
+        self._message_id += 1
+        data: Json = {"buildPubsub": {"build": build.to_json()}}
+        if build.user_data:
+            data["userData"] = build.user_data
+        completed = build.status in FINAL_STATUSES
+        message = {
+            "data": data,
+            "attributes": build.builder
+            | {"is_completed": "true" if completed else "false", "version": "v2"},
+            "messageId": str(self._message_id),
+            "publishTime": format_rfc3339(at),
+        }
+        for _ in range(2 if self.config.duplicate_notifications else 1):
+            self._outbox.append(message)
+            if self.config.sink_url:
+                self.sink.put((self.config.sink_url, push_body(message, build.topic)))
+
+
+def deliver(client: httpx.Client, url: str, body: Json) -> bool:
+    """POSTs one push body, retrying connection errors and 5xx answers with backoff."""
+    for attempt in range(PUSH_TRIES):
+        if attempt:
+            time.sleep(PUSH_BACKOFF_S * 2 ** (attempt - 1))
+        try:
+            response = client.post(url, json=body)
+        except httpx.TransportError:
+            continue
+        if response.status_code < 500:
+            return response.is_success
+    return False
+
+
+def push_forever(sink: queue.Queue[tuple[str, Json]]) -> None:
+    with httpx.Client(timeout=10) as client:
+        while True:
+            url, body = sink.get()
+            # A broken sink (bad URL, odd answers) must never take the simulator down.
+            with contextlib.suppress(Exception):
+                deliver(client, url, body)
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
+        super().__init__(address, Handler)
+        self.sim = sim
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: SimServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        sim = self.server.sim
+        path = self.path.split("?", 1)[0]
+        if path == "/sim/state":
+            self._json(200, sim.state())
+        elif path == "/sim/outbox":
+            self._json(200, sim.take_outbox())
+        elif path == "/auth/api/v1/server/info":
+            self._json(200, SERVER_INFO)
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        path = self.path.split("?", 1)[0]
+        parts = path.split("/")
+        if len(parts) == 4 and parts[1] == "prpc":
+            self._prpc(parts[2], parts[3], raw)
+        elif path in ("/sim/config", "/sim/advance"):
+            self._admin(path, raw)
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _prpc(self, service: str, method: str, raw: bytes) -> None:
+        sim = self.server.sim
+        if latency := sim.latency_s():
+            time.sleep(latency)
+        try:
+            if service != SERVICE:
+                raise RpcError(Code.UNIMPLEMENTED, f'service "{service}" not implemented')
+            try:
+                request = json.loads(raw or b"{}")
+            except ValueError:
+                request = None
+            response = sim.call(method, request)
+        except RpcError as e:
+            headers = {"X-Prpc-Grpc-Code": str(int(e.code))}
+            self._send(e.code.http_status, (e.message + "\n").encode(), "text/plain", headers)
+            return
+        body = XSSI_PREFIX + json.dumps(response).encode()
+        self._send(200, body, "application/json", {"X-Prpc-Grpc-Code": "0"})
+
+    def _admin(self, path: str, raw: bytes) -> None:
+        sim = self.server.sim
+        try:
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                raise AdminError(400, "the body is not JSON") from None
+            if path == "/sim/config":
+                sim.configure(body)
+                self._json(200, {})
+                return
+            to_ns = body.get("to_ns") if isinstance(body, dict) else None
+            if isinstance(to_ns, bool) or not isinstance(to_ns, int):
+                raise AdminError(400, "to_ns: must be an integer")
+            self._json(200, sim.advance(to_ns))
+        except AdminError as e:
+            self._json(e.status, {"error": str(e)})
+
+    def _json(self, status: int, body: Json) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json")
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="shepherd-buildbucket-sim", description="Serves a simulated Buildbucket v2 over pRPC."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--config", type=Path, help="a JSON config, as POST /sim/config takes")
+    args = parser.parse_args(argv)
+    try:
+        sim = Simulator(json.loads(args.config.read_text()) if args.config else None)
+    except (OSError, ValueError, AdminError) as e:
+        parser.error(f"--config: {e}")
+    try:
+        server = SimServer((args.host, args.port), sim)
+    except OSError as e:
+        print(f"cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
+    threading.Thread(target=sim.run_clock, name="sim-clock", daemon=True).start()
+    threading.Thread(target=push_forever, args=(sim.sink,), name="sim-push", daemon=True).start()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    print(f"listening on http://{args.host}:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sim.close()
+        server.server_close()
+    return 0

@@ -1,0 +1,108 @@
+"""The store port's contract. Every store adapter must pass it (SQLite now; Firestore later)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shepherd.adapters.sqlite_store import SqliteStore
+from shepherd.model import Invocation, LogEntry, Status, Timer, TriggerRequest
+from shepherd.ports import ConflictError, Store
+
+JOB = "chromium/Windows deterministic"
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    yield SqliteStore(tmp_path / "state.db")
+
+
+def invocation(
+    inv_id: int, created: int = 1, request_id: str | None = None, job: str = JOB
+) -> Invocation:
+    return Invocation(
+        id=inv_id,
+        job_id=job,
+        request=TriggerRequest(
+            job_id=job, tags=("a:b",), properties={"k": [1, "x"]}, request_id=request_id
+        ),
+        created_ns=created,
+    )
+
+
+def test_create_then_get_round_trips_everything(store: Store) -> None:
+    inv = invocation(7).evolve(
+        pending_timers=(Timer("t:7:0:0", "check", 1, 2, {"p": 1}),), task_data={"build_id": "9"}
+    )
+    assert store.create(inv, [LogEntry(1, "queued")]) == inv
+    assert store.get(7) == inv
+    assert store.read_log(7) == [LogEntry(1, "queued")]
+    assert store.get(8) is None
+
+
+def test_request_id_finds_the_first_invocation(store: Store) -> None:
+    first = store.create(invocation(1, request_id="k"), [LogEntry(1, "queued")])
+    again = store.create(invocation(2, request_id="k"), [LogEntry(2, "queued")])
+    assert again == first
+    assert store.get(2) is None
+    assert store.read_log(1) == [LogEntry(1, "queued")]
+    other_job = store.create(invocation(3, request_id="k", job="chromium/other"), [])
+    assert other_job.id == 3
+
+
+def test_commit_is_a_compare_and_swap_on_the_mutation_count(store: Store) -> None:
+    inv = store.create(invocation(1), [LogEntry(1, "a")])
+    running = inv.evolve(status=Status.RUNNING, mutation_count=1)
+    store.commit(running, 0, [LogEntry(2, "b"), LogEntry(3, "c")])
+    with pytest.raises(ConflictError):
+        store.commit(inv.evolve(status=Status.FAILED, mutation_count=1), 0, [LogEntry(4, "lost")])
+    assert store.get(1) == running
+    assert [e.text for e in store.read_log(1)] == ["a", "b", "c"]
+
+
+def test_racing_commits_exactly_one_wins(store: Store) -> None:
+    store.create(invocation(1), [])
+    wins: list[int] = []
+    conflicts: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def contender(n: int) -> None:
+        barrier.wait()
+        try:
+            store.commit(
+                invocation(1).evolve(mutation_count=1, view_url=str(n)), 0, [LogEntry(n, str(n))]
+            )
+            wins.append(n)
+        except ConflictError:
+            conflicts.append(n)
+
+    threads = [threading.Thread(target=contender, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(conflicts) == 7
+    stored = store.get(1)
+    assert stored is not None and stored.view_url == str(wins[0])
+    assert [e.text for e in store.read_log(1)] == [str(wins[0])]
+
+
+def test_lists_newest_first_and_active_only(store: Store) -> None:
+    for n in range(5):
+        store.create(invocation(n + 1, created=n), [])
+    store.create(invocation(99, created=50, job="chromium/other"), [])
+    store.commit(invocation(2, created=1).evolve(status=Status.SUCCEEDED, mutation_count=1), 0, [])
+    assert [i.id for i in store.list_invocations(JOB)] == [5, 4, 3, 2, 1]
+    assert [i.id for i in store.list_invocations(JOB, limit=2)] == [5, 4]
+    assert sorted(i.id for i in store.list_active()) == [1, 3, 4, 5, 99]
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "state.db"
+    SqliteStore(path).create(invocation(1), [LogEntry(1, "queued")])
+    reopened = SqliteStore(path)
+    assert reopened.get(1) == invocation(1)
+    assert reopened.read_log(1) == [LogEntry(1, "queued")]
