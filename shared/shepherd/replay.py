@@ -7,6 +7,7 @@ delivers timers and notifications in time order, each after its channel's latenc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import json
@@ -79,79 +80,102 @@ class ReplayResult:
     simulator_calls: dict[str, int]
 
 
-def replay(scenario: Scenario, state_path: str | Path) -> ReplayResult:
-    jobs = parse_jobs(scenario.jobs, f"scenario {scenario.name}", CONFIG_MODELS)
-    clock = VirtualClock(scenario.start_ns)
-    rng = random.Random(scenario.seed)
-    queue = VirtualTimerQueue()
-    with SimulatorProcess() as sim:
+class VirtualStack:
+    """The engine wired to the simulator in virtual time, and the driver that moves it."""
+
+    def __init__(self, scenario: Scenario, state_path: str | Path, sim: SimulatorProcess) -> None:
+        self.scenario = scenario
+        self.sim = sim
+        self.jobs = parse_jobs(scenario.jobs, f"scenario {scenario.name}", CONFIG_MODELS)
+        self.clock = VirtualClock(scenario.start_ns)
+        self.queue = VirtualTimerQueue()
+        rng = random.Random(scenario.seed)
         sim.configure({**scenario.simulator, "clock": "manual", "start_ns": scenario.start_ns})
-        servers = {job.config.server for job in jobs.jobs.values()}
-        client = PrpcBuildsClient(clock, endpoints={server: sim.url for server in servers})
-        store = SqliteStore(state_path)
-        engine = Engine(
-            jobs=jobs,
-            kinds=make_kinds(client, rng),
-            store=store,
-            queue=queue,
-            topic=EmbeddedTopic(jobs.settings.app_id),
-            clock=clock,
+        servers = {job.config.server for job in self.jobs.jobs.values()}
+        self.client = PrpcBuildsClient(
+            self.clock, endpoints={server: sim.url for server in servers}
+        )
+        self.store = SqliteStore(state_path)
+        self.engine = Engine(
+            jobs=self.jobs,
+            kinds=make_kinds(self.client, rng),
+            store=self.store,
+            queue=self.queue,
+            topic=EmbeddedTopic(self.jobs.settings.app_id),
+            clock=self.clock,
             signer=TokenSigner(rng.randbytes(32)),
             rng=rng,
         )
-        try:
-            invocation = engine.trigger(scenario.trigger.to_request())
-            _drive(engine, sim, clock, queue, scenario, invocation.id)
-        finally:
-            client.close()
-        calls = sim.state()["calls"]
-    final = store.get(invocation.id)
-    assert final is not None
-    return ReplayResult(final, format_log(store.read_log(invocation.id)), calls)
+        self._inbox: list[tuple[int, int, PubSubMessage]] = []  # (delivery time, order, message)
+        self._order = 0
+        self._sim_next: int | None = None
 
+    def close(self) -> None:
+        self.client.close()
 
-def _drive(
-    engine: Engine,
-    sim: SimulatorProcess,
-    clock: VirtualClock,
-    queue: VirtualTimerQueue,
-    scenario: Scenario,
-    invocation_id: int,
-) -> None:
-    inbox: list[tuple[int, int, PubSubMessage]] = []  # (delivery time, order, message)
-    sim_next: int | None = None
-    for step in range(MAX_STEPS):
-        current = engine.store.get(invocation_id)
-        if current is not None and current.status.final:
-            return
-        # Tasks reach the handler one latency after their ETA.
-        candidates = [t for t in (sim_next,) if t is not None]
-        if (eta := queue.next_eta()) is not None:
-            candidates.append(eta + scenario.task_latency_ns)
-        if inbox:
-            candidates.append(inbox[0][0])
-        if not candidates:
-            raise RuntimeError("the replay stalled: nothing left to deliver")
-        clock.advance_to(min(candidates))
-        now = clock.now_ns()
-        answer = sim.advance(now)
-        sim_next = answer["next_event_ns"]
+    def trigger(self) -> Invocation:
+        return self.engine.trigger(self.scenario.trigger.to_request())
+
+    def next_time(self) -> int | None:
+        """When something happens next: a build step, a delivery, or a due task."""
+        candidates = [t for t in (self._sim_next,) if t is not None]
+        if (eta := self.queue.next_eta()) is not None:
+            candidates.append(eta + self.scenario.task_latency_ns)
+        if self._inbox:
+            candidates.append(self._inbox[0][0])
+        return min(candidates) if candidates else None
+
+    def step(self) -> bool:
+        """Moves time to the next event and delivers everything due; False when idle."""
+        when = self.next_time()
+        if when is None:
+            return False
+        self.clock.advance_to(when)
+        now = self.clock.now_ns()
+        answer = self.sim.advance(now)
+        self._sim_next = answer["next_event_ns"]
         for message in answer["published"]:
             delivery = PubSubMessage(
                 data=json.dumps(message["data"]).encode(),
                 attributes=message["attributes"],
                 message_id=message["messageId"],
             )
-            heapq.heappush(inbox, (now + scenario.notification_latency_ns, step, delivery))
-        while inbox and inbox[0][0] <= now:
-            _, order, delivery = heapq.heappop(inbox)
+            self._order += 1
+            heapq.heappush(
+                self._inbox, (now + self.scenario.notification_latency_ns, self._order, delivery)
+            )
+        while self._inbox and self._inbox[0][0] <= now:
+            _, order, delivery = heapq.heappop(self._inbox)
             try:
-                engine.handle_notification(delivery)
+                self.engine.handle_notification(delivery)
             except RetryLater:
-                heapq.heappush(inbox, (now + RETRY_DELAY_NS, order, delivery))
-        for task in queue.pop_due(now - scenario.task_latency_ns):
+                heapq.heappush(self._inbox, (now + RETRY_DELAY_NS, order, delivery))
+        for task in self.queue.pop_due(now - self.scenario.task_latency_ns):
             try:
-                engine.handle_task(task.invocation_id, task.timer_id, task.name)
+                self.engine.handle_task(task.invocation_id, task.timer_id, task.name)
             except RetryLater:
-                queue.requeue(dataclasses.replace(task, eta_ns=now + RETRY_DELAY_NS))
-    raise RuntimeError(f"the replay did not finish in {MAX_STEPS} steps")
+                self.queue.requeue(dataclasses.replace(task, eta_ns=now + RETRY_DELAY_NS))
+        return True
+
+    def run_until_final(self, invocation_id: int) -> Invocation:
+        for _ in range(MAX_STEPS):
+            current = self.store.get(invocation_id)
+            assert current is not None
+            if current.status.final:
+                return current
+            if not self.step():
+                raise RuntimeError("the replay stalled: nothing left to deliver")
+        raise RuntimeError(f"the replay did not finish in {MAX_STEPS} steps")
+
+
+def replay(
+    scenario: Scenario, state_path: str | Path, sim: SimulatorProcess | None = None
+) -> ReplayResult:
+    with contextlib.ExitStack() as stack:
+        if sim is None:
+            sim = stack.enter_context(SimulatorProcess())
+        virtual = VirtualStack(scenario, state_path, sim)
+        stack.callback(virtual.close)
+        final = virtual.run_until_final(virtual.trigger().id)
+        log_text = format_log(virtual.store.read_log(final.id))
+        return ReplayResult(final, log_text, sim.state()["calls"])

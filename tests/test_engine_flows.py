@@ -1,0 +1,234 @@
+"""The engine end to end in virtual time: the real simulator process, SQLite and pRPC client."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shepherd.engine import InvocationFinished, Outcome, RetryLater
+from shepherd.model import PubSubMessage, Status
+from shepherd.replay import ReplayResult, Scenario, VirtualStack, load_scenario, replay
+from shepherd.simulator.control import SimulatorProcess
+
+SHORT = [{"status": "SCHEDULED", "for": "2m"}, {"status": "STARTED", "for": "25m"}]
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorProcess]:
+    with SimulatorProcess() as process:
+        yield process
+
+
+def scenario(**simulator: Any) -> Scenario:
+    seed = load_scenario("seed")
+    return dataclasses.replace(seed, simulator={**seed.simulator, **simulator})
+
+
+def run(sim: SimulatorProcess, tmp_path: Path, **simulator: Any) -> ReplayResult:
+    return replay(scenario(**simulator), tmp_path / "state.db", sim)
+
+
+def texts(result: ReplayResult) -> list[str]:
+    """The log's entries, JSON blocks kept with their line."""
+    parts = re.split(r"^\[\d\d:\d\d:\d\d\.\d{3}\] ", result.log_text, flags=re.M)
+    return [part.rstrip("\n") for part in parts[1:]]
+
+
+@pytest.mark.parametrize(
+    ("build_status", "final"),
+    [
+        ("SUCCESS", Status.SUCCEEDED),
+        ("FAILURE", Status.FAILED),
+        ("INFRA_FAILURE", Status.FAILED),
+        ("CANCELED", Status.ABORTED),
+    ],
+)
+def test_every_final_build_status(
+    sim: SimulatorProcess, tmp_path: Path, build_status: str, final: Status
+) -> None:
+    result = run(sim, tmp_path, script=[*SHORT, {"status": build_status}])
+    assert result.invocation.status is final
+    lines = texts(result)
+    assert lines[-2].startswith("Build:\n") and f'"status": "{build_status}"' in lines[-2]
+    assert lines[-1].startswith("Invocation finished in ")
+    assert lines[-1].endswith(f"with status {final}")
+    assert result.invocation.finished_ns is not None
+    assert result.simulator_calls["ScheduleBuild"] == 1
+
+
+def test_unexpected_build_status_fails_with_a_log_line(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    result = run(sim, tmp_path, script=[*SHORT, {"status": "STATUS_UNSPECIFIED"}])
+    assert result.invocation.status is Status.FAILED
+    lines = texts(result)
+    assert (
+        lines[-3] == "Unexpected Build status STATUS_UNSPECIFIED, marking the invocation as failed"
+    )
+    assert lines[-2].startswith("Build:\n")
+
+
+def test_timers_alone_finish_when_every_notification_is_lost(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    result = run(sim, tmp_path, script=[*SHORT, {"status": "SUCCESS"}], drop_notifications=1.0)
+    lines = texts(result)
+    assert not any(line.startswith("Received PubSub notification") for line in lines)
+    assert lines[-3].startswith('Handling timer "check-buildbucket-build-status"')
+    assert result.invocation.status is Status.SUCCEEDED
+    # One GetBuild per timer: the 27-minute build with checks every 1-10 minutes.
+    assert 3 <= result.simulator_calls["GetBuild"] <= 28
+
+
+def test_duplicated_notifications_change_nothing_twice(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    result = run(
+        sim, tmp_path, script=[*SHORT, {"status": "SUCCESS"}], duplicate_notifications=True
+    )
+    lines = texts(result)
+    assert lines.count("Build status: STARTED") >= 2  # the duplicate STARTED is harmless
+    assert sum(line.startswith("Invocation finished") for line in lines) == 1
+    assert sum(line.startswith("Build:\n") for line in lines) == 1
+
+
+def test_schedule_build_transient_errors_are_retried_in_the_client(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    result = run(
+        sim, tmp_path, faults=[{"method": "ScheduleBuild", "code": "UNAVAILABLE", "times": 2}]
+    )
+    assert result.invocation.status is Status.SUCCEEDED
+    assert result.simulator_calls["ScheduleBuild"] == 3
+    assert len(sim.state()["builds"]) == 1
+
+
+def test_schedule_build_still_failing_retries_the_launch(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    result = run(
+        sim, tmp_path, faults=[{"method": "ScheduleBuild", "code": "UNAVAILABLE", "times": 4}]
+    )
+    lines = texts(result)
+    failed = [line for line in lines if line.startswith("Failed to schedule Buildbucket build")]
+    assert failed == [
+        "Failed to schedule Buildbucket build - rpc error: code = Unavailable desc = "
+        + failed[0].split("desc = ", 1)[1]
+    ]
+    assert "The invocation will be retried" in lines
+    assert "Starting the invocation (attempt 2)" in lines
+    assert result.invocation.status is Status.SUCCEEDED
+    assert result.invocation.attempt == 2
+    assert result.simulator_calls["ScheduleBuild"] == 5
+    assert len(sim.state()["builds"]) == 1
+
+
+def test_schedule_build_permission_denied_fails_at_once(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    result = run(sim, tmp_path, faults=[{"method": "ScheduleBuild", "code": "PERMISSION_DENIED"}])
+    lines = texts(result)
+    assert result.invocation.status is Status.FAILED
+    assert any(
+        line.startswith("Failed to schedule Buildbucket build - rpc error: code = PermissionDenied")
+        for line in lines
+    )
+    assert lines[-1].endswith("with status FAILED")
+    assert result.simulator_calls["ScheduleBuild"] == 1
+    assert sim.state()["builds"] == []
+
+
+def test_get_build_not_found_fails_the_invocation(sim: SimulatorProcess, tmp_path: Path) -> None:
+    result = run(
+        sim,
+        tmp_path,
+        faults=[{"method": "GetBuild", "code": "NOT_FOUND", "times": 100}],
+        drop_notifications=1.0,
+    )
+    lines = texts(result)
+    assert result.invocation.status is Status.FAILED
+    assert lines[-2].startswith("Failed to fetch build - rpc error: code = NotFound desc = ")
+    assert lines[-1].endswith("with status FAILED")
+
+
+@pytest.fixture
+def stack(sim: SimulatorProcess, tmp_path: Path) -> Iterator[VirtualStack]:
+    virtual = VirtualStack(scenario(script=[*SHORT, {"status": "SUCCESS"}]), tmp_path / "s.db", sim)
+    yield virtual
+    virtual.close()
+
+
+def run_until_running(stack: VirtualStack) -> int:
+    invocation_id = stack.trigger().id
+    while (inv := stack.store.get(invocation_id)) and inv.status is Status.STARTING:
+        assert stack.step()
+    return invocation_id
+
+
+def test_abort_cancels_the_build(stack: VirtualStack) -> None:
+    invocation_id = run_until_running(stack)
+    aborted = stack.engine.abort(invocation_id)
+    assert aborted.status is Status.ABORTED
+    assert stack.sim.state()["builds"][0]["status"] == "CANCELED"
+    assert stack.sim.state()["calls"]["CancelBuild"] == 1
+    log = [e.text for e in stack.store.read_log(invocation_id)]
+    assert log[-2] == "Invocation was manually aborted by user"
+    assert log[-1].endswith("with status ABORTED")
+    with pytest.raises(InvocationFinished):
+        stack.engine.abort(invocation_id)
+    # The pending timer and the CANCELED notification arrive later and change nothing.
+    while stack.step():
+        pass
+    assert [e.text for e in stack.store.read_log(invocation_id)] == log
+
+
+def test_forged_and_malformed_notifications_change_nothing(stack: VirtualStack) -> None:
+    invocation_id = run_until_running(stack)
+    before = stack.store.get(invocation_id), stack.store.read_log(invocation_id)
+    forged_token = "eyJqb2IiOiJ4IiwiaW52IjoiMSJ9.c2lnbmF0dXJl"
+    for data in [
+        json.dumps(
+            {
+                "buildPubsub": {"build": {}},
+                "userData": base64.b64encode(forged_token.encode()).decode(),
+            }
+        ),
+        json.dumps({"buildPubsub": {"build": {}}, "userData": "%%% not base64"}),
+        json.dumps({"build": {}, "user_data": "not-a-token"}),
+        "not json at all",
+        json.dumps([1, 2, 3]),
+    ]:
+        outcome = stack.engine.handle_notification(PubSubMessage(data.encode(), {}, "m"))
+        assert outcome is Outcome.IGNORED
+    assert (stack.store.get(invocation_id), stack.store.read_log(invocation_id)) == before
+
+
+def test_timer_delivered_twice_is_handled_once(stack: VirtualStack) -> None:
+    invocation_id = run_until_running(stack)
+    inv = stack.store.get(invocation_id)
+    assert inv is not None and len(inv.pending_timers) == 1
+    timer = inv.pending_timers[0]
+    stack.clock.advance_to(timer.eta_ns)
+    stack.sim.advance(stack.clock.now_ns())
+    first = stack.engine.handle_task(invocation_id, timer.id, timer.title)
+    after_first = stack.store.read_log(invocation_id)
+    second = stack.engine.handle_task(invocation_id, timer.id, timer.title)
+    assert (first, second) == (Outcome.HANDLED, Outcome.STALE)
+    assert stack.store.read_log(invocation_id) == after_first
+
+
+def test_notification_while_starting_is_retried_later(stack: VirtualStack) -> None:
+    invocation_id = stack.trigger().id
+    token = stack.engine.signer.sign("chromium/Windows deterministic", invocation_id)
+    data = json.dumps({"userData": base64.b64encode(token.encode()).decode()}).encode()
+    with pytest.raises(RetryLater):
+        stack.engine.handle_notification(PubSubMessage(data, {}, "early"))
+    inv = stack.store.get(invocation_id)
+    assert inv is not None and inv.status is Status.STARTING and inv.mutation_count == 0
