@@ -491,6 +491,9 @@ class SimServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: SimServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without TCP_NODELAY each answer waits ~40 ms
+    # for the client's delayed ACK.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
