@@ -1,0 +1,154 @@
+"""The job file's validation, and a task kind the engine has never heard of."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
+from shepherd.adapters.sqlite_store import SqliteStore
+from shepherd.clock import VirtualClock
+from shepherd.durations import MINUTE, SECOND
+from shepherd.engine import Engine, Outcome
+from shepherd.jobs import ConfigError, load_jobs, parse_jobs
+from shepherd.model import PubSubMessage, QueuedTask, Status, TriggerRequest
+from shepherd.signing import TokenSigner
+from shepherd.tasks.base import Controller
+from shepherd.tasks.registry import CONFIG_MODELS
+
+GOOD_JOB = {
+    "id": "chromium/Windows deterministic",
+    "server": "cr-buildbucket.appspot.com",
+    "bucket": "ci",
+    "builder": "Windows deterministic",
+}
+
+
+def parse(jobs: list[dict[str, Any]], settings: dict[str, Any] | None = None) -> Any:
+    return parse_jobs({"settings": settings or {}, "jobs": jobs}, "jobs.toml", CONFIG_MODELS)
+
+
+def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(
+        '[settings]\nstatus_check_min = "90s"\n\n[[jobs]]\nid = "chromium/Windows deterministic"\n'
+        'server = "http://127.0.0.1:8081"\nbucket = "ci"\nbuilder = "Windows deterministic"\n'
+    )
+    jobs = load_jobs(path, CONFIG_MODELS)
+    assert jobs.settings.status_check_min == 90 * SECOND
+    assert jobs.settings.status_check_max == 10 * MINUTE
+    job = jobs.job("chromium/Windows deterministic")
+    assert job is not None and job.kind == "buildbucket" and job.config.tags == ()
+
+
+@pytest.mark.parametrize(
+    ("jobs", "settings", "message"),
+    [
+        (
+            [{**GOOD_JOB, "tags": ["user_agent:me"]}],
+            None,
+            'job "chromium/Windows deterministic": field "tags": tag "user_agent" is reserved',
+        ),
+        (
+            [{**GOOD_JOB, "tags": ["novalue"]}],
+            None,
+            'field "tags": tag "novalue" must be "key:value"',
+        ),
+        ([{**GOOD_JOB, "server": "https://x.example.com"}], None, 'field "server"'),
+        ([{**GOOD_JOB, "builder": ""}], None, 'field "builder"'),
+        ([{**GOOD_JOB, "bucket": "luci.chromium.ci"}], None, "legacy v1 bucket"),
+        ([{**GOOD_JOB, "kind": "jenkins"}], None, 'field "kind": unknown task kind "jenkins"'),
+        ([{**GOOD_JOB, "colour": "red"}], None, 'field "colour": Extra inputs are not permitted'),
+        ([GOOD_JOB, GOOD_JOB], None, "duplicate job id"),
+        ([{**GOOD_JOB, "id": "no-project"}], None, 'field "id"'),
+        ([GOOD_JOB], {"status_check_min": "10m", "status_check_max": "1m"}, "must not exceed"),
+        ([GOOD_JOB], {"status_check_min": "5 minutes"}, 'field "status_check_min"'),
+    ],
+)
+def test_bad_files_are_refused_naming_file_job_and_field(
+    jobs: list[dict[str, Any]], settings: dict[str, Any] | None, message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse(jobs, settings)
+    assert str(error.value).startswith("jobs.toml: ")
+    assert message in str(error.value)
+
+
+def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the job file"):
+        load_jobs(tmp_path / "missing.toml", CONFIG_MODELS)
+    (tmp_path / "bad.toml").write_text("[[jobs]\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_jobs(tmp_path / "bad.toml", CONFIG_MODELS)
+
+
+class SleepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: int
+
+
+class SleepKind:
+    """A task kind unknown to the engine: runs for a while, then succeeds on its timer."""
+
+    name: ClassVar[str] = "sleep"
+    config_model: ClassVar[type[BaseModel]] = SleepConfig
+
+    def launch(self, ctl: Controller) -> None:
+        ctl.log(f"Sleeping {ctl.config.seconds}s")
+        ctl.status = Status.RUNNING
+        ctl.add_timer(ctl.config.seconds * SECOND, "wake-up")
+
+    def examine_notification(self, message: PubSubMessage) -> str | None:
+        return None
+
+    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
+        raise AssertionError("no notifications for this kind")
+
+    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
+        ctl.status = Status.SUCCEEDED
+
+    def abort(self, ctl: Controller) -> None:
+        pass
+
+
+def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None:
+    jobs = parse_jobs(
+        {"jobs": [{"id": "infra/nap", "kind": "sleep", "seconds": 90}]},
+        "jobs.toml",
+        {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
+    )
+    clock, queue = VirtualClock(0), VirtualTimerQueue()
+    engine = Engine(
+        jobs=jobs,
+        kinds={SleepKind.name: SleepKind()},
+        store=SqliteStore(tmp_path / "s.db"),
+        queue=queue,
+        topic=EmbeddedTopic("test"),
+        clock=clock,
+        signer=TokenSigner(b"k" * 32),
+        rng=random.Random(1),
+    )
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    delivered: list[QueuedTask] = []
+    while (eta := queue.next_eta()) is not None:
+        clock.advance_to(eta)
+        for task in queue.pop_due(eta):
+            delivered.append(task)
+            assert (
+                engine.handle_task(task.invocation_id, task.timer_id, task.name) is Outcome.HANDLED
+            )
+    final = engine.store.get(inv.id)
+    assert final is not None and final.status is Status.SUCCEEDED
+    assert [t.timer_id for t in delivered][1] == f"infra/nap:{inv.id}:1:0"
+    assert [e.text for e in engine.store.read_log(inv.id)] == [
+        "New invocation is queued and will start shortly",
+        "Starting the invocation (attempt 1)",
+        "Sleeping 90s",
+        f'Scheduling timer "wake-up" (infra/nap:{inv.id}:1:0) after 1m30s',
+        f'Handling timer "wake-up" (infra/nap:{inv.id}:1:0)',
+        "Invocation finished in 1m30s with status SUCCEEDED",
+    ]
