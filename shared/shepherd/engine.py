@@ -29,7 +29,7 @@ from .model import (
     TriggerRequest,
     timer_id,
 )
-from .ports import NotificationTopic, Store, TimerQueue
+from .ports import ConflictError, NotificationTopic, Store, TimerQueue
 from .signing import BadToken, TokenSigner
 from .tasks.base import TaskKind, TransientError
 
@@ -124,6 +124,15 @@ class _Controller:
         return None
 
     def save(self) -> None:
+        """The task's best-effort save before a slow call; a conflict surfaces at commit()."""
+        try:
+            self.commit()
+        except ConflictError:
+            log.warning(
+                "invocation %d changed under a save; the final commit will fail", self.invocation_id
+            )
+
+    def commit(self) -> None:
         """Commits what changed; raises ConflictError if someone committed first."""
         before = self.saved
         after = before.evolve(
@@ -204,13 +213,17 @@ class Engine:
         if timer is None:
             return Outcome.STALE
         ctl.log(f'Handling timer "{timer.title}" ({timer.id})')
-        try:
-            kind.handle_timer(ctl, timer.title, timer.payload)
-        except TransientError as e:
-            raise RetryLater(str(e)) from e
-        except Exception as e:  # a fatal error of the task: the invocation fails
-            self._fail(ctl, f"Fatal error when handling timer, aborting invocation - {e}")
-        ctl.save()
+        timeout = self.jobs.settings.invocation_timeout
+        if inv.status is Status.RUNNING and self.clock.now_ns() - inv.created_ns > timeout:
+            self._time_out(ctl, kind, timeout)
+        else:
+            try:
+                kind.handle_timer(ctl, timer.title, timer.payload)
+            except TransientError as e:
+                raise RetryLater(str(e)) from e
+            except Exception as e:  # a fatal error of the task: the invocation fails
+                self._fail(ctl, f"Fatal error when handling timer, aborting invocation - {e}")
+        self._commit(ctl)
         return Outcome.HANDLED
 
     def handle_notification(self, message: PubSubMessage) -> Outcome:
@@ -244,7 +257,7 @@ class Engine:
             self._fail(
                 ctl, f"Fatal error when handling PubSub notification, aborting invocation - {e}"
             )
-        ctl.save()
+        self._commit(ctl)
         return Outcome.HANDLED
 
     def abort(self, invocation_id: int, by: str = "user") -> Invocation:
@@ -266,7 +279,7 @@ class Engine:
             ctl.log(f"Fatal error when aborting the invocation - {e}")
         if not ctl.status.final:
             ctl.status = Status.ABORTED
-        ctl.save()
+        self._commit(ctl)
         return ctl.saved
 
     def recover(self) -> int:
@@ -292,6 +305,21 @@ class Engine:
         return QueuedTask(inv.id, f"{inv.job_id}:{inv.id}:start:{attempt}", START_TASK, eta_ns)
 
     @staticmethod
+    def _commit(ctl: _Controller) -> None:
+        try:
+            ctl.commit()
+        except ConflictError as e:
+            raise RetryLater(str(e)) from e
+
+    def _time_out(self, ctl: _Controller, kind: TaskKind, timeout: int) -> None:
+        ctl.log(f"Invocation timed out after {format_duration(timeout)}, cancelling it")
+        try:
+            kind.abort(ctl)
+        except Exception as e:
+            ctl.log(f"Failed to cancel the task - {e}")
+        ctl.status = Status.FAILED
+
+    @staticmethod
     def _fail(ctl: _Controller, line: str) -> None:
         if ctl.status is not Status.FAILED:
             ctl.log(line)
@@ -309,18 +337,21 @@ class Engine:
             mutation_count=inv.mutation_count + 1,
             started_ns=inv.started_ns or now,
         )
-        self.store.commit(
-            starting,
-            inv.mutation_count,
-            [LogEntry(now, f"Starting the invocation (attempt {attempt})")],
-        )
+        try:
+            self.store.commit(
+                starting,
+                inv.mutation_count,
+                [LogEntry(now, f"Starting the invocation (attempt {attempt})")],
+            )
+        except ConflictError:
+            return Outcome.STALE  # a duplicate delivery of this start got there first
         job = self.jobs.job(inv.job_id)
         if job is None:
             ctl = _Controller(self, starting, Job(inv.job_id, "", None))
             self._fail(
                 ctl, f"Failed to initialize task controller - job {inv.job_id!r} is not configured"
             )
-            ctl.save()
+            self._commit(ctl)
             return Outcome.HANDLED
         ctl = _Controller(self, starting, job)
         error: str | None = None
@@ -340,7 +371,7 @@ class Engine:
             ctl.log("The invocation will be retried")
         elif ctl.status is Status.STARTING:
             self._fail(ctl, f"Failed to launch the task - {error}")
-        ctl.save()
+        self._commit(ctl)
         if retrying:
             delay = min(2**attempt, 300) * SECOND
             self.queue.schedule([self._start_task(ctl.saved, attempt + 1, now + delay)])
