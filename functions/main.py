@@ -1,0 +1,27 @@
+"""The Cloud Functions entry points. Each is deployed alone; `shepherd dev` serves all four."""
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+
+from shepherd import web
+
+
+@functions_framework.http
+def trigger(request: Request) -> Response:
+    return web.trigger(request)
+
+
+@functions_framework.cloud_event
+def on_build_notification(event: CloudEvent) -> None:
+    web.on_build_notification(event)
+
+
+@functions_framework.http
+def on_timer(request: Request) -> Response:
+    return web.on_timer(request)
+
+
+@functions_framework.http
+def api(request: Request) -> Response:
+    return web.api(request)

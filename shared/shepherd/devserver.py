@@ -1,0 +1,95 @@
+"""`shepherd dev`: the four functions on one port, with the embedded store, queue and topic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import functions_framework
+from werkzeug.serving import make_server
+
+from .adapters.sqlite_queue import TimerDeliverer
+from .clock import RealClock
+from .service import get_service
+
+log = logging.getLogger(__name__)
+
+# route -> (target in functions/main.py, signature type)
+ROUTES = {
+    "/trigger": ("trigger", "http"),
+    "/on-build-notification": ("on_build_notification", "cloudevent"),
+    "/on-timer": ("on_timer", "http"),
+    "/api": ("api", "http"),
+}
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def functions_source() -> Path:
+    """functions/main.py of this checkout, or SHEPHERD_FUNCTIONS_SOURCE."""
+    override = os.environ.get("SHEPHERD_FUNCTIONS_SOURCE")
+    return (
+        Path(override)
+        if override
+        else Path(__file__).resolve().parents[2] / "functions" / "main.py"
+    )
+
+
+class Dispatcher:
+    """Hands each request to the function mounted at its route, at exactly that path.
+
+    werkzeug's DispatcherMiddleware would answer the bare route with a redirect to "route/",
+    which neither Pub/Sub push nor Cloud Tasks follows.
+    """
+
+    def __init__(self, apps: dict[str, WsgiApp]) -> None:
+        self._apps = apps
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        for prefix, app in self._apps.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+                environ["PATH_INFO"] = path[len(prefix) :] or "/"
+                return app(environ, start_response)
+        body = json.dumps({"error": f'no function at "{path}"; routes: {", ".join(self._apps)}'})
+        start_response("404 Not Found", [("Content-Type", "application/json")])
+        return [body.encode()]
+
+
+def serve(host: str, port: int) -> int:
+    service = get_service()  # fails here, before listening, on a bad job file
+    source = str(functions_source())
+    apps = {
+        route: functions_framework.create_app(target, source, kind)
+        for route, (target, kind) in ROUTES.items()
+    }
+    server = make_server(host, port, Dispatcher(apps), threaded=True)
+    url = f"http://{host}:{server.port}"
+    deliverer = TimerDeliverer(service.queue, url + "/on-timer", RealClock())
+    service.queue.on_schedule = deliverer.poke
+    recovered = service.engine.recover()
+    deliverer.start()
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"listening on {url}", flush=True)
+    if recovered:
+        log.info("handed %d pending timers to the queue again", recovered)
+    try:
+        server.serve_forever()
+    finally:
+        deliverer.stop()
+        server.server_close()
+    return 0

@@ -1,0 +1,255 @@
+"""What each Cloud Function does with its request: parse, validate, call the engine, answer.
+
+Bad input gets a 4xx with `{"error": "..."}`; a transient condition gets a 503 so that Cloud
+Tasks or Pub/Sub deliver again; nothing answers with a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import html
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from cloudevents.http import CloudEvent
+from flask import Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import ServiceUnavailable
+
+from .debuglog import format_log
+from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
+from .model import Invocation, PubSubMessage
+from .schemas import TriggerBody
+from .service import get_service
+from .timestamps import format_rfc3339
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+_INT64_MAX = 2**63 - 1
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json(status, {"error": message})
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """Maps the engine's and the input's errors to answers, the same way in every function."""
+
+    @wraps(handler)
+    def run(request: Request) -> Response:
+        try:
+            return handler(request)
+        except BadRequest as e:
+            return _error(e.status, str(e))
+        except ValidationError as e:
+            return _error(400, _describe(e))
+        except (RetryLater, sqlite3.OperationalError) as e:
+            return _error(503, f"try again later: {e}")
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            return _error(500, "internal error; the request changed nothing it could not redo")
+
+    return run
+
+
+def _body(request: Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    data = request.get_data(cache=True)
+    if len(data) > MAX_BODY_BYTES:
+        raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise BadRequest(400, f"the body is not valid JSON: {e}") from None
+
+
+def _require(request: Request, method: str) -> None:
+    if request.method != method:
+        raise BadRequest(405, f"use {method}")
+
+
+def _invocation_id(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > _INT64_MAX:
+        raise BadRequest(400, f'invocation id must be a decimal int64, not "{text}"')
+    return int(text)
+
+
+def _time(ns: int | None) -> str | None:
+    return None if ns is None else format_rfc3339(ns)
+
+
+def invocation_json(inv: Invocation) -> dict[str, Any]:
+    return {
+        "id": str(inv.id),
+        "job": inv.job_id,
+        "status": inv.status.value,
+        "attempt": inv.attempt,
+        "build_id": inv.task_data.get("build_id"),
+        "view_url": inv.view_url or None,
+        "created": _time(inv.created_ns),
+        "started": _time(inv.started_ns),
+        "finished": _time(inv.finished_ns),
+    }
+
+
+# --- trigger ---------------------------------------------------------------------------
+
+
+@_guarded
+def trigger(request: Request) -> Response:
+    _require(request, "POST")
+    body = TriggerBody.model_validate(_body(request))
+    try:
+        inv = get_service().engine.trigger(body.to_request())
+    except UnknownJob:
+        return _error(404, f'unknown job "{body.job}"')
+    return _json(202, {"invocation_id": str(inv.id), "url": f"/api/invocations/{inv.id}"})
+
+
+# --- on_timer --------------------------------------------------------------------------
+
+
+class TimerBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    invocation_id: str = Field(pattern=r"^[0-9]{1,19}$")
+    timer_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+
+@_guarded
+def on_timer(request: Request) -> Response:
+    _require(request, "POST")
+    body = TimerBody.model_validate(_body(request))
+    engine = get_service().engine
+    outcome = engine.handle_task(_invocation_id(body.invocation_id), body.timer_id, body.name)
+    return _json(200, {"outcome": outcome.value})
+
+
+# --- on_build_notification ---------------------------------------------------------------
+
+
+class PushedMessage(BaseModel):
+    """A Pub/Sub message as a push subscription (or the messagePublished event) carries it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    data: str = ""
+    attributes: dict[str, str] = Field(default_factory=dict)
+    message_id: str = Field(default="", alias="messageId")
+
+
+def pubsub_message(event: CloudEvent) -> PubSubMessage | None:
+    """The message in a messagePublished event, or None (logged) if it has none."""
+    data = event.get_data()
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            data = None
+    message = data.get("message") if isinstance(data, dict) else None
+    try:
+        pushed = PushedMessage.model_validate(message)
+        payload = base64.b64decode(pushed.data, validate=True)
+    except (ValidationError, binascii.Error, ValueError) as e:
+        log.warning("event %s carries no Pub/Sub message: %s", event.get("id"), e)
+        return None
+    return PubSubMessage(payload, pushed.attributes, pushed.message_id or str(event.get("id")))
+
+
+def on_build_notification(event: CloudEvent) -> None:
+    """Acknowledges (2xx) whatever cannot be used; 503 only to be delivered again later."""
+    message = pubsub_message(event)
+    if message is None:
+        return
+    try:
+        outcome = get_service().engine.handle_notification(message)
+    except (RetryLater, sqlite3.OperationalError) as e:
+        raise ServiceUnavailable(f"try again later: {e}") from None
+    log.info("notification %s: %s", message.message_id, outcome.value)
+
+
+# --- api -------------------------------------------------------------------------------
+
+
+@_guarded
+def api(request: Request) -> Response:
+    parts = [p for p in request.path.split("/") if p]
+    store = get_service().engine.store
+    if not parts:
+        _require(request, "GET")
+        return Response(_index_page(), mimetype="text/html")
+    if parts[0] == "invocations" and len(parts) in (2, 3):
+        invocation_id = _invocation_id(parts[1])
+        action = parts[2] if len(parts) == 3 else ""
+        if action == "abort":
+            _require(request, "POST")
+            try:
+                inv = get_service().engine.abort(invocation_id)
+            except UnknownInvocation:
+                return _error(404, f"no invocation {invocation_id}")
+            except InvocationFinished as e:
+                return _error(409, str(e))
+            return _json(200, invocation_json(inv))
+        _require(request, "GET")
+        found = store.get(invocation_id)
+        if found is None:
+            return _error(404, f"no invocation {invocation_id}")
+        entries = store.read_log(invocation_id)
+        if action == "log":
+            return Response(format_log(entries), mimetype="text/plain")
+        if action:
+            return _error(404, f'no such route "{request.path}"')
+        log_json = [{"time": format_rfc3339(e.time_ns), "text": e.text} for e in entries]
+        return _json(200, {**invocation_json(found), "log": log_json})
+    if parts[0] == "jobs" and len(parts) >= 3 and parts[-1] == "invocations":
+        _require(request, "GET")
+        job_id = "/".join(parts[1:-1])
+        if get_service().engine.jobs.job(job_id) is None:
+            return _error(404, f'unknown job "{job_id}"')
+        invocations = store.list_invocations(job_id)
+        return _json(200, {"invocations": [invocation_json(i) for i in invocations]})
+    return _error(404, f'no such route "{request.path}"')
+
+
+def _index_page() -> str:
+    engine = get_service().engine
+    rows = []
+    for job_id in engine.jobs.jobs:
+        for inv in engine.store.list_invocations(job_id, limit=20):
+            rows.append(
+                f"<tr><td>{html.escape(job_id)}</td>"
+                f'<td><a href="invocations/{inv.id}/log">{inv.id}</a></td>'
+                f"<td>{inv.status.value}</td><td>{_time(inv.created_ns)}</td></tr>"
+            )
+    return (
+        "<!doctype html><title>shepherd</title><h1>shepherd</h1>"
+        "<table><tr><th>job</th><th>invocation</th><th>status</th><th>created</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
