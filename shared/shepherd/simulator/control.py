@@ -56,7 +56,8 @@ class SimulatorProcess:
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = self._http.post(self.url + path, json=body)
-        response.raise_for_status()
+        if response.status_code != 200:
+            raise RuntimeError(f"simulator {path}: {response.status_code} {response.text}")
         return response.json()
 
     def configure(self, config: dict[str, Any]) -> None:

@@ -1,0 +1,129 @@
+"""`shepherd dev` as a real process, and what the end-to-end tests do with it over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FINAL = {"SUCCEEDED", "FAILED", "ABORTED"}
+SECRET = "local-stack-test-secret-0123456789"
+JOB = "chromium/Windows deterministic"
+BUILDSET = (
+    "buildset:commit/gitiles/chromium.googlesource.com/chromium/src/+/"
+    "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
+)
+
+
+def write_jobs(path: Path, sim_url: str, **settings: str) -> Path:
+    lines = ["[settings]", 'status_check_min = "1s"', 'status_check_max = "2s"']
+    lines += [f'{key} = "{value}"' for key, value in settings.items()]
+    lines += [
+        "",
+        "[[jobs]]",
+        f'id = "{JOB}"',
+        f'server = "{sim_url}"',
+        'bucket = "ci"',
+        'builder = "Windows deterministic"',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class DevProcess:
+    """`shepherd dev` on a free port, its state in `workdir`."""
+
+    def __init__(self, workdir: Path, jobs: Path) -> None:
+        self.workdir = workdir
+        self.jobs = jobs
+        self.url = ""
+        self._proc: subprocess.Popen[str] | None = None
+        self.http = httpx.Client(timeout=30)
+
+    def start(self, port: int = 0) -> DevProcess:
+        env = {**os.environ, "SHEPHERD_SECRET": SECRET}
+        cmd = [sys.executable, "-m", "shepherd.cli", "dev", "--jobs", str(self.jobs)]
+        cmd += ["--state", str(self.workdir / "state.db"), "--port", str(port)]
+        stderr = (self.workdir / "dev.log").open("a")
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+        )
+        stderr.close()
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"shepherd dev did not start: {line!r}; see {self.workdir}/dev.log")
+        self.url = line.removeprefix("listening on ")
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as a crashed machine."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGKILL)
+        self._proc.wait()
+        self._close_pipe()
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._proc = None
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def trigger(self, **body: Any) -> str:
+        response = self.http.post(
+            self.url + "/trigger", json={"job": JOB, "tags": [BUILDSET], **body}
+        )
+        assert response.status_code == 202, response.text
+        return response.json()["invocation_id"]
+
+    def invocation(self, invocation_id: str) -> dict[str, Any]:
+        response = self.http.get(f"{self.url}/api/invocations/{invocation_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def log_lines(self, invocation_id: str) -> list[str]:
+        return [entry["text"] for entry in self.invocation(invocation_id)["log"]]
+
+    def wait_for(
+        self, invocation_id: str, statuses: set[str], timeout_s: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            inv = self.invocation(invocation_id)
+            if inv["status"] in statuses:
+                return inv
+            time.sleep(0.1)
+        raise AssertionError(f"invocation {invocation_id} still {inv['status']} after {timeout_s}s")
+
+    def push(self, data: Any, message_id: str = "test") -> httpx.Response:
+        """Delivers a Pub/Sub push body to the notification function."""
+        raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+        body = {
+            "message": {"data": base64.b64encode(raw).decode(), "messageId": message_id},
+            "subscription": "projects/test/subscriptions/test",
+        }
+        return self.http.post(self.url + "/on-build-notification", json=body)
