@@ -37,7 +37,8 @@ def dev(sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def configure(sim: SimulatorProcess, dev: DevProcess, **config: Any) -> None:
-    sim.configure({"sink_url": dev.url + "/on-build-notification", **config})
+    """The simulator publishes to the build's topic on the stack's embedded Pub/Sub."""
+    sim.configure({"publish_url": dev.url, **config})
 
 
 def signed(invocation_id: str) -> dict[str, Any]:
@@ -67,6 +68,10 @@ def test_build_outcomes(
     assert lines[0] == "New invocation is queued and will start shortly"
     assert lines[1] == "Starting the invocation (attempt 1)"
     assert any(line.startswith("Scheduled build:\n") for line in lines)
+    # Published to the build's topic and pushed by the embedded Pub/Sub before any timer fires.
+    received = lines.index("Received PubSub notification, asking Buildbucket for the build status")
+    timers = [i for i, line in enumerate(lines) if line.startswith("Handling timer")]
+    assert not timers or received < timers[0]
     assert lines[-2].startswith("Build:\n") and f'"status": "{build_status}"' in lines[-2]
     assert lines[-1].endswith(f"with status {final}")
     calls = sim.state()["calls"]
@@ -77,6 +82,26 @@ def test_build_outcomes(
     assert log_text.text.splitlines()[0].endswith(
         "] New invocation is queued and will start shortly"
     )
+
+
+def test_a_buildbucket_like_server_can_push_straight_to_the_function(
+    sim: SimulatorProcess, dev: DevProcess
+) -> None:
+    sim.configure(
+        {"sink_url": dev.url + "/on-build-notification", "script": [*QUICK, {"status": "SUCCESS"}]}
+    )
+    invocation_id = dev.trigger()
+    assert dev.wait_for(invocation_id, FINAL)["status"] == "SUCCEEDED"
+    lines = dev.log_lines(invocation_id)
+    assert "Received PubSub notification, asking Buildbucket for the build status" in lines
+
+
+def test_embedded_pubsub_publishes_only_to_prepared_topics(dev: DevProcess) -> None:
+    message = {"messages": [{"data": base64.b64encode(b"{}").decode(), "attributes": {}}]}
+    unknown = dev.http.post(dev.url + "/v1/projects/x/topics/never-prepared:publish", json=message)
+    assert unknown.status_code == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
+    malformed = dev.http.post(dev.url + "/v1/projects/x/topics/t:publish", json={"messages": 3})
+    assert malformed.status_code == 400
 
 
 def test_timers_alone_finish_when_notifications_are_lost(

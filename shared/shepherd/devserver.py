@@ -13,8 +13,9 @@ from typing import Any
 
 import functions_framework
 from werkzeug.serving import make_server
+from werkzeug.wrappers import Request
 
-from .adapters.sqlite_queue import TimerDeliverer
+from .adapters.sqlite_delivery import Deliverer, SqliteDeliveryQueue, UnknownTopic
 from .clock import RealClock
 from .service import get_service
 
@@ -27,6 +28,8 @@ ROUTES = {
     "/on-timer": ("on_timer", "http"),
     "/api": ("api", "http"),
 }
+
+PUBSUB_ROUTE = "/v1"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -65,6 +68,53 @@ class Dispatcher:
         return [body.encode()]
 
 
+def _json_response(start_response: Callable[..., Any], status: str, body: Any) -> list[bytes]:
+    start_response(status, [("Content-Type", "application/json")])
+    return [json.dumps(body).encode()]
+
+
+class PubSubPublish:
+    """Pub/Sub's REST publish, `POST /v1/projects/P/topics/T:publish`, for registered topics.
+
+    Each message then reaches `on_build_notification` as a push subscription delivers it.
+    """
+
+    def __init__(self, queue: SqliteDeliveryQueue) -> None:
+        self._queue = queue
+        self._clock = RealClock()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        request = Request(environ)
+        topic, _, verb = request.path.strip("/").partition(":")
+        if request.method != "POST" or verb != "publish" or not topic.startswith("projects/"):
+            return _json_response(
+                start_response, "404 Not Found", _pubsub_error(404, "NOT_FOUND", "no such method")
+            )
+        try:
+            body = json.loads(request.get_data())
+            messages = body["messages"]
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("data", ""), str) for m in messages
+            ):
+                raise ValueError("messages must be a list of {data, attributes}")
+        except (ValueError, KeyError, TypeError) as e:
+            return _json_response(
+                start_response, "400 Bad Request", _pubsub_error(400, "INVALID_ARGUMENT", str(e))
+            )
+        try:
+            ids = self._queue.publish(topic, messages, self._clock.now_ns())
+        except UnknownTopic:
+            error = _pubsub_error(404, "NOT_FOUND", f"Resource not found (resource={topic}).")
+            return _json_response(start_response, "404 Not Found", error)
+        return _json_response(start_response, "200 OK", {"messageIds": ids})
+
+
+def _pubsub_error(code: int, status: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
 def serve(host: str, port: int) -> int:
     service = get_service()  # fails here, before listening, on a bad job file
     source = str(functions_source())
@@ -72,9 +122,10 @@ def serve(host: str, port: int) -> int:
         route: functions_framework.create_app(target, source, kind)
         for route, (target, kind) in ROUTES.items()
     }
+    apps[PUBSUB_ROUTE] = PubSubPublish(service.queue)
     server = make_server(host, port, Dispatcher(apps), threaded=True)
     url = f"http://{host}:{server.port}"
-    deliverer = TimerDeliverer(service.queue, url + "/on-timer", RealClock())
+    deliverer = Deliverer(service.queue, url, RealClock())
     service.queue.on_schedule = deliverer.poke
     recovered = service.engine.recover()
     deliverer.start()

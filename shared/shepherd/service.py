@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .adapters.buildbucket_prpc import PrpcBuildsClient
-from .adapters.embedded import EmbeddedTopic
-from .adapters.sqlite_queue import SqliteTimerQueue
+from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
 from .clock import RealClock
 from .engine import Engine
@@ -28,7 +27,7 @@ DEFAULT_STATE = ".shepherd/state.db"
 @dataclass
 class Service:
     engine: Engine
-    queue: SqliteTimerQueue
+    queue: SqliteDeliveryQueue
 
 
 _lock = threading.Lock()
@@ -47,13 +46,13 @@ def build_service() -> Service:
     state = state_path()
     clock = RealClock()
     rng = random.Random()
-    queue = SqliteTimerQueue(state)
+    queue = SqliteDeliveryQueue(state)
     engine = Engine(
         jobs=jobs,
         kinds=make_kinds(PrpcBuildsClient(clock), rng),
         store=SqliteStore(state),
         queue=queue,
-        topic=EmbeddedTopic(jobs.settings.app_id),
+        topic=SqliteTopic(queue, jobs.settings.app_id),
         clock=clock,
         signer=TokenSigner(load_or_create_key(os.environ.get("SHEPHERD_SECRET"), state.parent)),
         rng=rng,

@@ -49,6 +49,7 @@ CONFIG_KEYS = frozenset(
         "duplicate_notifications",
         "latency",
         "sink_url",
+        "publish_url",
         "seed",
         "clock",
         "start_ns",
@@ -88,6 +89,7 @@ class Config:
     duplicate_notifications: bool
     latency_ns: int
     sink_url: str | None
+    publish_url: str | None
     seed: int
     clock: str
     start_ns: int
@@ -147,8 +149,10 @@ def parse_config(raw: Any) -> Config:
     if not 0 <= drop <= 1:
         raise ValueError("config 'drop_notifications': must be within 0..1")
     sink_url = _get(raw, "sink_url", str, None)
-    if sink_url is not None and not sink_url.startswith(("http://", "https://")):
-        raise ValueError("config 'sink_url': must be an http(s) URL")
+    publish_url = _get(raw, "publish_url", str, None)
+    for key, url in (("sink_url", sink_url), ("publish_url", publish_url)):
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"config '{key}': must be an http(s) URL")
     clock = _get(raw, "clock", str, "real")
     if clock not in ("real", "manual"):
         raise ValueError("config 'clock': must be 'real' or 'manual'")
@@ -163,6 +167,7 @@ def parse_config(raw: Any) -> Config:
         duplicate_notifications=_get(raw, "duplicate_notifications", bool, False),
         latency_ns=latency_ns,
         sink_url=sink_url,
+        publish_url=publish_url,
         seed=_get(raw, "seed", int, 0),
         clock=clock,
         start_ns=_get(raw, "start_ns", int, 0),
@@ -230,12 +235,20 @@ def _ordered_commit(raw: Any) -> Json | None:
     return known | {k: v for k, v in raw.items() if k not in known}
 
 
+def _encoded_data(message: Json) -> str:
+    return base64.b64encode(json.dumps(message["data"], separators=(",", ":")).encode()).decode()
+
+
+def publish_body(message: Json) -> Json:
+    """The body of Pub/Sub's REST publish, as Buildbucket publishes to the build's topic."""
+    return {"messages": [{"data": _encoded_data(message), "attributes": message["attributes"]}]}
+
+
 def push_body(message: Json, topic: str) -> Json:
     """The body Pub/Sub POSTs to a push subscription for `message`."""
-    data = json.dumps(message["data"], separators=(",", ":")).encode()
     return {
         "message": {
-            "data": base64.b64encode(data).decode(),
+            "data": _encoded_data(message),
             "attributes": message["attributes"],
             "messageId": message["messageId"],
             "publishTime": message["publishTime"],
@@ -455,6 +468,9 @@ class Simulator:
             self._outbox.append(message)
             if self.config.sink_url:
                 self.sink.put((self.config.sink_url, push_body(message, build.topic)))
+            if self.config.publish_url:
+                url = f"{self.config.publish_url.rstrip('/')}/v1/{build.topic}:publish"
+                self.sink.put((url, publish_body(message)))
 
 
 def deliver(client: httpx.Client, url: str, body: Json) -> bool:
