@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import base64
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from localstack import FINAL, JOB, SECRET, DevProcess, write_jobs
@@ -176,6 +182,36 @@ def test_notification_for_a_starting_invocation_is_retried_not_lost(
     assert "Received PubSub notification, asking Buildbucket for the build status" in lines[count:]
 
 
+def test_concurrent_notifications_and_timers_give_one_consistent_log(
+    sim: SimulatorProcess, dev: DevProcess
+) -> None:
+    configure(sim, dev, script=LONG, drop_notifications=1.0)  # only the test's pushes
+    invocation_id = dev.trigger()
+    dev.wait_for(invocation_id, {"RUNNING"})
+    before = len(dev.log_lines(invocation_id))
+
+    def deliver(n: int) -> int:
+        # As Pub/Sub does: a 503 (lost the race on the invocation) is delivered again.
+        for _ in range(50):
+            status = dev.push(signed(invocation_id), f"race-{n}").status_code
+            if status != 503:
+                return status
+            time.sleep(0.05)
+        return 503
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(deliver, range(8)))
+    assert statuses == [200] * 8
+    time.sleep(2.5)  # a status-check timer fires meanwhile too
+    lines = dev.log_lines(invocation_id)[before:]
+    received = [i for i, line in enumerate(lines) if line.startswith("Received PubSub")]
+    assert len(received) == 8
+    assert all(lines[i + 1].startswith("Build status: ") for i in received), lines
+    inv = dev.invocation(invocation_id)
+    assert inv["status"] == "RUNNING"
+    assert any(line.startswith("Handling timer") for line in lines)
+
+
 def test_abort_cancels_the_build(sim: SimulatorProcess, dev: DevProcess) -> None:
     configure(sim, dev, script=LONG)
     invocation_id = dev.trigger()
@@ -328,3 +364,38 @@ def test_invocation_timeout_cancels_and_fails(sim: SimulatorProcess, tmp_path: P
         assert sim.state()["calls"]["CancelBuild"] == 1
     finally:
         dev.stop()
+
+
+def test_one_function_served_alone_by_functions_framework(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    """What terraform deploys: one target of functions/main.py, here the api over the same store."""
+    jobs = write_jobs(tmp_path / "jobs.toml", sim.url)
+    env = {**os.environ, "SHEPHERD_JOBS": str(jobs), "SHEPHERD_STATE": str(tmp_path / "state.db")}
+    port = free_port()
+    source = Path(__file__).resolve().parents[1] / "functions" / "main.py"
+    cmd = [str(Path(sys.executable).parent / "functions-framework"), "--source", str(source)]
+    cmd += ["--target", "api", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        response = None
+        deadline = time.monotonic() + 30
+        while response is None and time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{url}/jobs/chromium%2FWindows%20deterministic/invocations")
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert response is not None and response.status_code == 200, response
+        assert response.json() == {"invocations": []}
+        missing = httpx.get(f"{url}/invocations/42")
+        assert missing.status_code == 404 and missing.json() == {"error": "no invocation 42"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
