@@ -16,9 +16,9 @@ import logging
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from ..durations import MILLISECOND, SECOND
 from ..model import QueuedTask
 from ..timestamps import format_rfc3339
 from .embedded import topic_name
+from .sqlite_db import create_schema, transaction
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +72,10 @@ class SqliteDeliveryQueue:
         self._path = str(path)
         self.queue_name = queue_name
         self.on_schedule: Callable[[], None] = lambda: None
-        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            for statement in _SCHEMA.split(";"):
-                db.execute(statement)
+        create_schema(self._path, _SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._path, write=True)
 
     def _insert(self, rows: list[tuple[str, str, str, int]]) -> None:
         if not rows:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..model import Invocation, LogEntry
 from ..ports import ConflictError
+from .sqlite_db import create_schema, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invocations (
@@ -43,31 +44,10 @@ CREATE TABLE IF NOT EXISTS log_entries (
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        with self._transaction(write=True) as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        create_schema(self._path, _SCHEMA)
 
-    @contextmanager
-    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        # A connection per transaction: safe for any thread, and WAL lets readers run beside
-        # the single writer. BEGIN IMMEDIATE takes the write lock up front, so the read
-        # inside a compare-and-swap cannot go stale before the write.
-        db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+    def _transaction(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._path, write)
 
     @staticmethod
     def _append_log(db: sqlite3.Connection, invocation_id: int, log: Sequence[LogEntry]) -> None:
