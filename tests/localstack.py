@@ -41,15 +41,16 @@ def write_jobs(path: Path, sim_url: str, **settings: str) -> Path:
 class DevProcess:
     """`shepherd dev` on a free port, its state in `workdir`."""
 
-    def __init__(self, workdir: Path, jobs: Path) -> None:
+    def __init__(self, workdir: Path, jobs: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.jobs = jobs
+        self.env = env or {}
         self.url = ""
         self._proc: subprocess.Popen[str] | None = None
         self.http = httpx.Client(timeout=30)
 
     def start(self, port: int = 0) -> DevProcess:
-        env = {**os.environ, "SHEPHERD_SECRET": SECRET}
+        env = {**os.environ, "SHEPHERD_SECRET": SECRET, **self.env}
         cmd = [sys.executable, "-m", "shepherd.cli", "dev", "--jobs", str(self.jobs)]
         cmd += ["--state", str(self.workdir / "state.db"), "--port", str(port)]
         stderr = (self.workdir / "dev.log").open("a")

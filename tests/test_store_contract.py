@@ -1,4 +1,4 @@
-"""The store port's contract. Every store adapter must pass it (SQLite now; Firestore later)."""
+"""The store port's contract, run unchanged against SQLite and against Firestore on its emulator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
 
+from emulators import PROJECT, Emulator, clear_firestore
+from shepherd.adapters.firestore_store import FirestoreStore
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.model import Invocation, LogEntry, Status, Timer, TriggerRequest
 from shepherd.ports import ConflictError, Store
@@ -15,9 +19,18 @@ from shepherd.ports import ConflictError, Store
 JOB = "chromium/Windows deterministic"
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "firestore"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    yield SqliteStore(tmp_path / "state.db")
+    if request.param == "sqlite":
+        yield SqliteStore(tmp_path / "state.db")
+        return
+    emulator: Emulator = request.getfixturevalue("firestore_emulator")
+    clear_firestore(emulator.host)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FIRESTORE_EMULATOR_HOST", emulator.host)
+        client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+    yield FirestoreStore(client)
+    client.close()
 
 
 def invocation(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -115,20 +116,51 @@ def _pubsub_error(code: int, status: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "status": status}}
 
 
+def ensure_push_subscription(topic: str, endpoint: str) -> str:
+    """On the Pub/Sub emulator: a push subscription from the topic to our own function."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    with contextlib.suppress(gexc.AlreadyExists):
+        publisher.create_topic(name=topic)
+    project, _, topic_id = topic.removeprefix("projects/").partition("/topics/")
+    name = f"projects/{project}/subscriptions/{topic_id}-shepherd-dev"
+    push = pubsub_v1.types.PushConfig(push_endpoint=endpoint)
+    try:
+        subscriber.create_subscription(name=name, topic=topic, push_config=push)
+    except gexc.AlreadyExists:
+        subscriber.modify_push_config(subscription=name, push_config=push)
+    subscriber.close()
+    return name
+
+
 def serve(host: str, port: int) -> int:
-    service = get_service()  # fails here, before listening, on a bad job file
     source = str(functions_source())
-    apps = {
-        route: functions_framework.create_app(target, source, kind)
-        for route, (target, kind) in ROUTES.items()
-    }
-    apps[PUBSUB_ROUTE] = PubSubPublish(service.queue)
+    apps: dict[str, WsgiApp] = {}
     server = make_server(host, port, Dispatcher(apps), threaded=True)
     url = f"http://{host}:{server.port}"
-    deliverer = Deliverer(service.queue, url, RealClock())
-    service.queue.on_schedule = deliverer.poke
+    os.environ.setdefault("SHEPHERD_TIMER_URL", url + "/on-timer")
+    try:
+        service = get_service()  # fails here, before serving, on a bad job file
+    except BaseException:
+        server.server_close()
+        raise
+    for route, (target, kind) in ROUTES.items():
+        apps[route] = functions_framework.create_app(target, source, kind)
+    deliverer = None
+    if service.embedded is not None:
+        apps[PUBSUB_ROUTE] = PubSubPublish(service.embedded)
+        deliverer = Deliverer(service.embedded, url, RealClock())
+        service.embedded.on_schedule = deliverer.poke
+    elif os.environ.get("PUBSUB_EMULATOR_HOST") and os.environ.get("SHEPHERD_TOPIC"):
+        name = ensure_push_subscription(
+            os.environ["SHEPHERD_TOPIC"], url + "/on-build-notification"
+        )
+        log.info("push subscription %s -> %s/on-build-notification", name, url)
     recovered = service.engine.recover()
-    deliverer.start()
+    if deliverer is not None:
+        deliverer.start()
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -141,6 +173,7 @@ def serve(host: str, port: int) -> int:
     try:
         server.serve_forever()
     finally:
-        deliverer.stop()
+        if deliverer is not None:
+            deliverer.stop()
         server.server_close()
     return 0

@@ -1,7 +1,10 @@
 """Builds the engine and its adapters from the environment, once per process.
 
-Every function (and `shepherd dev`, which serves all four in one process) shares this one
-service; module import does nothing, the first request builds it.
+The one place that picks adapters: the embedded SQLite ones by default, Firestore, Cloud Tasks
+and Pub/Sub when GOOGLE_CLOUD_PROJECT is set (interfaces.md, Environment). The Google Cloud
+libraries are imported only on that path. Every function (and `shepherd dev`, which serves all
+four in one process) shares the one service; module import does nothing, the first request
+builds it.
 """
 
 from __future__ import annotations
@@ -17,47 +20,83 @@ from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
 from .clock import RealClock
 from .engine import Engine
-from .jobs import ConfigError, load_jobs
+from .jobs import ConfigError, JobsFile, load_jobs
+from .ports import NotificationTopic, Store, TimerQueue
 from .signing import TokenSigner, load_or_create_key
 from .tasks.registry import CONFIG_MODELS, make_kinds
 
 DEFAULT_STATE = ".shepherd/state.db"
+DEFAULT_TIMER_URL = "http://127.0.0.1:8080/on-timer"
 
 
 @dataclass
 class Service:
     engine: Engine
-    queue: SqliteDeliveryQueue
+    embedded: SqliteDeliveryQueue | None  # the local queue and Pub/Sub, when not on GCP
 
 
 _lock = threading.Lock()
 _service: Service | None = None
 
 
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{name} is not set")
+    return value
+
+
 def state_path() -> Path:
     return Path(os.environ.get("SHEPHERD_STATE") or DEFAULT_STATE)
 
 
-def build_service() -> Service:
-    jobs_file = os.environ.get("SHEPHERD_JOBS")
-    if not jobs_file:
-        raise ConfigError("SHEPHERD_JOBS is not set: it must name the job file")
-    jobs = load_jobs(jobs_file, CONFIG_MODELS)
+def _embedded(jobs: JobsFile) -> tuple[Store, TimerQueue, NotificationTopic, SqliteDeliveryQueue]:
     state = state_path()
+    queue = SqliteDeliveryQueue(state)
+    return SqliteStore(state), queue, SqliteTopic(queue, jobs.settings.app_id), queue
+
+
+def _google_cloud(project: str) -> tuple[Store, TimerQueue, NotificationTopic]:
+    from google.cloud import firestore, pubsub_v1
+
+    from .adapters.cloud_tasks import CloudTasksQueue, make_client
+    from .adapters.firestore_store import FirestoreStore
+    from .adapters.pubsub_topic import PubSubTopic
+
+    queue = CloudTasksQueue(
+        make_client(os.environ.get("CLOUD_TASKS_EMULATOR_HOST")),
+        _env("SHEPHERD_TASKS_QUEUE"),
+        os.environ.get("SHEPHERD_TIMER_URL") or DEFAULT_TIMER_URL,
+        os.environ.get("SHEPHERD_TASKS_SERVICE_ACCOUNT"),
+    )
+    if os.environ.get("CLOUD_TASKS_EMULATOR_HOST"):
+        queue.ensure_queue()
+    topic = PubSubTopic(pubsub_v1.PublisherClient(), _env("SHEPHERD_TOPIC"))
+    return FirestoreStore(firestore.Client(project=project)), queue, topic
+
+
+def build_service() -> Service:
+    jobs = load_jobs(_env("SHEPHERD_JOBS"), CONFIG_MODELS)
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+    embedded = None
+    if project:
+        store, queue, topic = _google_cloud(project)
+    else:
+        store, queue, topic, embedded = _embedded(jobs)
     clock = RealClock()
     rng = random.Random()
-    queue = SqliteDeliveryQueue(state)
+    secret_dir = state_path().parent
     engine = Engine(
         jobs=jobs,
         kinds=make_kinds(PrpcBuildsClient(clock), rng),
-        store=SqliteStore(state),
+        store=store,
         queue=queue,
-        topic=SqliteTopic(queue, jobs.settings.app_id),
+        topic=topic,
         clock=clock,
-        signer=TokenSigner(load_or_create_key(os.environ.get("SHEPHERD_SECRET"), state.parent)),
+        signer=TokenSigner(load_or_create_key(os.environ.get("SHEPHERD_SECRET"), secret_dir)),
         rng=rng,
     )
-    return Service(engine, queue)
+    return Service(engine, embedded)
 
 
 def get_service() -> Service:

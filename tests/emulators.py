@@ -1,0 +1,116 @@
+"""The Google Cloud emulators as processes on free ports: Firestore, Pub/Sub, Cloud Tasks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS_EMULATOR = REPO / ".venv-tasks-emulator" / "bin" / "gcloud-tasks-emulator"
+PROJECT = "shepherd-test"
+NO_SDK = (
+    "the Google Cloud CLI is not installed; get it from "
+    "https://cloud.google.com/sdk/docs/install (with its Firestore and Pub/Sub emulators)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sdk_root() -> Path | None:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        return None
+    root = Path(gcloud).resolve().parents[1]
+    return root if (root / "platform").is_dir() else None
+
+
+class Emulator:
+    """One emulator in its own process group, stopped as a whole (its Java child too)."""
+
+    def __init__(self, name: str, cmd: list[str], host: str, log: Path) -> None:
+        self.name = name
+        self.host = host
+        with log.open("w") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent
+            )
+
+    def wait_http(self, timeout_s: float = 60) -> Emulator:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the {self.name} emulator exited with {self._proc.returncode}")
+            try:
+                httpx.get(f"http://{self.host}/", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the {self.name} emulator did not answer in {timeout_s}s")
+
+    def wait_tcp(self, timeout_s: float = 60) -> Emulator:
+        host, port = self.host.rsplit(":", 1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the {self.name} emulator exited with {self._proc.returncode}")
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the {self.name} emulator did not listen in {timeout_s}s")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            self._proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def start_firestore(workdir: Path) -> Emulator:
+    root = sdk_root()
+    if root is None:
+        pytest.skip(NO_SDK)
+    host = f"127.0.0.1:{free_port()}"
+    launcher = root / "platform" / "cloud-firestore-emulator" / "cloud_firestore_emulator"
+    cmd = [str(launcher), "start", "--host=127.0.0.1", f"--port={host.rsplit(':', 1)[1]}"]
+    return Emulator("Firestore", cmd, host, workdir / "firestore.log").wait_http()
+
+
+def start_pubsub(workdir: Path) -> Emulator:
+    root = sdk_root()
+    if root is None:
+        pytest.skip(NO_SDK)
+    host = f"127.0.0.1:{free_port()}"
+    launcher = root / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+    cmd = [str(launcher), "--host=127.0.0.1", f"--port={host.rsplit(':', 1)[1]}"]
+    return Emulator("Pub/Sub", cmd, host, workdir / "pubsub.log").wait_http()
+
+
+def start_tasks(workdir: Path) -> Emulator:
+    if not TASKS_EMULATOR.exists():
+        pytest.fail(f"{TASKS_EMULATOR} is missing: `make test` installs it")
+    host = f"127.0.0.1:{free_port()}"
+    cmd = [str(TASKS_EMULATOR), "start", "--quiet", f"--port={host.rsplit(':', 1)[1]}"]
+    return Emulator("Cloud Tasks", cmd, host, workdir / "tasks.log").wait_tcp()
+
+
+def clear_firestore(host: str) -> None:
+    url = f"http://{host}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
+    httpx.delete(url).raise_for_status()
