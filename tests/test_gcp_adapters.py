@@ -1,0 +1,81 @@
+"""The Cloud Tasks and Pub/Sub adapters against their emulators."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from emulators import PROJECT, Emulator
+from shepherd.adapters.cloud_tasks import CloudTasksQueue, make_client, task_id
+from shepherd.adapters.pubsub_topic import PubSubTopic
+from shepherd.model import QueuedTask
+
+QUEUE = f"projects/{PROJECT}/locations/us-central1/queues/adapter-test"
+TIMER = "chromium/Windows deterministic:8974454865591757088:2:0"
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_task_ids_are_valid_deterministic_and_distinct(timer_id: str) -> None:
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,500}", task_id(timer_id))
+    assert task_id(timer_id) == task_id(timer_id)
+    assert task_id(timer_id) != task_id(timer_id + " ")
+
+
+def test_a_timer_becomes_an_http_task_to_on_timer(tasks_emulator: Emulator) -> None:
+    client = make_client(tasks_emulator.host)
+    queue = CloudTasksQueue(
+        client, QUEUE, "http://127.0.0.1:9/on-timer", "invoker@p.iam.gserviceaccount.com"
+    )
+    queue.ensure_queue()
+    queue.ensure_queue()  # idempotent
+    eta_ns = 4_000_000_000_000_000_000  # far ahead: the emulator must not deliver it here
+    queue.schedule(
+        [QueuedTask(8974454865591757088, TIMER, "check-buildbucket-build-status", eta_ns)]
+    )
+    (task,) = [t for t in client.list_tasks(parent=QUEUE) if t.name.endswith(task_id(TIMER))]
+    assert task.name == f"{QUEUE}/tasks/{task_id(TIMER)}"
+    assert task.http_request.url == "http://127.0.0.1:9/on-timer"
+    assert json.loads(task.http_request.body) == {
+        "invocation_id": "8974454865591757088",
+        "timer_id": TIMER,
+        "name": "check-buildbucket-build-status",
+    }
+    assert task.http_request.oidc_token.service_account_email == "invoker@p.iam.gserviceaccount.com"
+    assert task.schedule_time.timestamp() == pytest.approx(eta_ns / 1e9)
+
+
+@pytest.fixture
+def publisher(pubsub_emulator: Emulator) -> Iterator[object]:
+    from google.cloud import pubsub_v1
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+        client = pubsub_v1.PublisherClient()
+    yield client
+
+
+def test_topic_is_created_once_and_prepared_once_per_publisher(
+    publisher: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"projects/{PROJECT}/topics/prepare-test"
+    calls: list[str] = []
+
+    class Counting:
+        def __getattr__(self, attr: str) -> object:
+            calls.append(attr)
+            return getattr(publisher, attr)
+
+    topic = PubSubTopic(Counting(), name)  # type: ignore[arg-type]
+    assert topic.prepare("buildbucket", "https://cr-buildbucket.appspot.com") == name
+    assert publisher.get_topic(topic=name).name == name  # type: ignore[attr-defined]
+    assert "IAM is not implemented here" in caplog.text  # the emulator has no IAM
+    first = list(calls)
+    assert topic.prepare("buildbucket", "https://cr-buildbucket.appspot.com") == name
+    assert calls == first, "a prepared publisher costs no call"
+    topic.prepare("buildbucket", "https://other.appspot.com")
+    assert len(calls) > len(first)
