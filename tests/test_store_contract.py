@@ -29,7 +29,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FIRESTORE_EMULATOR_HOST", emulator.host)
         client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
-    yield FirestoreStore(client)
+    yield FirestoreStore(client, retention_ns=90 * 24 * 3600 * 10**9)
     client.close()
 
 

@@ -30,7 +30,7 @@ from .model import (
     timer_id,
 )
 from .ports import ConflictError, NotificationTopic, Store, TimerQueue
-from .signing import BadToken, TokenSigner
+from .signing import BadToken, Signer
 from .tasks.base import TaskKind, TransientError
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class Engine:
     queue: TimerQueue
     topic: NotificationTopic
     clock: Clock
-    signer: TokenSigner
+    signer: Signer
     rng: random.Random = field(default_factory=random.Random)
 
     # --- events -------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from .adapters.buildbucket_prpc import PrpcBuildsClient
 from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
 from .clock import RealClock
+from .durations import parse_duration
 from .engine import Engine
 from .jobs import ConfigError, JobsFile, load_jobs
 from .ports import NotificationTopic, Store, TimerQueue
-from .signing import TokenSigner, load_or_create_key
+from .signing import NoKeySigner, Signer, TokenSigner, load_or_create_key
 from .tasks.registry import CONFIG_MODELS, make_kinds
 
 DEFAULT_STATE = ".shepherd/state.db"
@@ -72,7 +73,12 @@ def _google_cloud(project: str) -> tuple[Store, TimerQueue, NotificationTopic]:
     if os.environ.get("CLOUD_TASKS_EMULATOR_HOST"):
         queue.ensure_queue()
     topic = PubSubTopic(pubsub_v1.PublisherClient(), _env("SHEPHERD_TOPIC"))
-    return FirestoreStore(firestore.Client(project=project)), queue, topic
+    retention = os.environ.get("SHEPHERD_LOG_RETENTION")
+    store = FirestoreStore(
+        firestore.Client(project=project),
+        retention_ns=parse_duration(retention) if retention else None,
+    )
+    return store, queue, topic
 
 
 def build_service() -> Service:
@@ -85,7 +91,12 @@ def build_service() -> Service:
         store, queue, topic, embedded = _embedded(jobs)
     clock = RealClock()
     rng = random.Random()
-    secret_dir = state_path().parent
+    secret = os.environ.get("SHEPHERD_SECRET")
+    if project:
+        # Deployed, the key comes from Secret Manager, and only to the functions that need it.
+        signer: Signer = TokenSigner(secret.encode()) if secret else NoKeySigner()
+    else:
+        signer = TokenSigner(load_or_create_key(secret, state_path().parent))
     engine = Engine(
         jobs=jobs,
         kinds=make_kinds(PrpcBuildsClient(clock), rng),
@@ -93,7 +104,7 @@ def build_service() -> Service:
         queue=queue,
         topic=topic,
         clock=clock,
-        signer=TokenSigner(load_or_create_key(os.environ.get("SHEPHERD_SECRET"), secret_dir)),
+        signer=signer,
         rng=rng,
     )
     return Service(engine, embedded)

@@ -8,10 +8,19 @@ import hmac
 import json
 import secrets
 from pathlib import Path
+from typing import Protocol
 
 
 class BadToken(ValueError):
     pass
+
+
+class Signer(Protocol):
+    def sign(self, job_id: str, invocation_id: int) -> str: ...
+
+    def verify(self, token: str) -> tuple[str, int]:
+        """Returns (job id, invocation id), or raises BadToken."""
+        ...
 
 
 def _b64(data: bytes) -> str:
@@ -48,6 +57,16 @@ class TokenSigner:
             return str(data["job"]), int(data["inv"])
         except (ValueError, KeyError, TypeError) as e:
             raise BadToken("malformed token payload") from e
+
+
+class NoKeySigner:
+    """Where no key is configured (a deployed function that neither signs nor verifies)."""
+
+    def sign(self, job_id: str, invocation_id: int) -> str:
+        raise BadToken("SHEPHERD_SECRET is not set: this function cannot sign notify.userData")
+
+    def verify(self, token: str) -> tuple[str, int]:
+        raise BadToken("SHEPHERD_SECRET is not set: this function cannot verify notify.userData")
 
 
 def load_or_create_key(secret: str | None, state_dir: Path) -> bytes:

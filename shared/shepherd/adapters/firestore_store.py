@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -49,13 +50,21 @@ def _invocation(snapshot: Any) -> Invocation:
     return Invocation.from_dict(json.loads(snapshot.get("state")))
 
 
-def _log_doc(entries: Sequence[LogEntry]) -> dict[str, Any]:
-    return {"entries": [{"t": e.time_ns, "x": e.text} for e in entries]}
+def _log_doc(entries: Sequence[LogEntry], retention_ns: int | None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"entries": [{"t": e.time_ns, "x": e.text} for e in entries]}
+    if retention_ns is not None:
+        # The TTL policy on `log.expire_at` (terraform) deletes old chunks.
+        expires = (entries[-1].time_ns + retention_ns) / 1e9
+        doc["expire_at"] = datetime.fromtimestamp(expires, UTC)
+    return doc
 
 
 class FirestoreStore:
-    def __init__(self, client: firestore.Client, prefix: str = "") -> None:
+    def __init__(
+        self, client: firestore.Client, prefix: str = "", retention_ns: int | None = None
+    ) -> None:
         self._db = client
+        self._retention_ns = retention_ns
         self._invocations = client.collection(prefix + INVOCATIONS)
         self._requests = client.collection(prefix + REQUESTS)
 
@@ -83,7 +92,10 @@ class FirestoreStore:
                 txn.create(request_ref, {"invocation_id": invocation.id})
             txn.create(self._doc(invocation.id), _fields(invocation))
             if log:
-                txn.create(self._log(invocation.id, invocation.mutation_count), _log_doc(log))
+                txn.create(
+                    self._log(invocation.id, invocation.mutation_count),
+                    _log_doc(log, self._retention_ns),
+                )
             return invocation
 
         return run(self._db.transaction())
@@ -107,7 +119,10 @@ class FirestoreStore:
                 )
             txn.set(ref, _fields(invocation))
             if log:
-                txn.set(self._log(invocation.id, invocation.mutation_count), _log_doc(log))
+                txn.set(
+                    self._log(invocation.id, invocation.mutation_count),
+                    _log_doc(log, self._retention_ns),
+                )
 
         try:
             run(self._db.transaction())
