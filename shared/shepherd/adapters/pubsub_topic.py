@@ -37,8 +37,12 @@ class PubSubTopic:
         return self._topic
 
     def _ensure_topic(self) -> None:
-        with contextlib.suppress(gexc.AlreadyExists):
-            self._client.create_topic(name=self._topic)
+        # Look first: deployed, this function may administer the topic but not create topics.
+        try:
+            self._client.get_topic(topic=self._topic)
+        except gexc.NotFound:
+            with contextlib.suppress(gexc.AlreadyExists):
+                self._client.create_topic(name=self._topic)
 
     def _ensure_publisher(self, member: str) -> None:
         try:
