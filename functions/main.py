@@ -1,4 +1,4 @@
-"""The Cloud Functions entry points. Each is deployed alone; `shepherd dev` serves all four."""
+"""The Cloud Functions entry points. Each is deployed alone; `shepherd dev` serves them all."""
 
 import functions_framework
 from cloudevents.http import CloudEvent
@@ -25,3 +25,8 @@ def on_timer(request: Request) -> Response:
 @functions_framework.http
 def api(request: Request) -> Response:
     return web.api(request)
+
+
+@functions_framework.http
+def scheduler(request: Request) -> Response:
+    return web.scheduler(request)

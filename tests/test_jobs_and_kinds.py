@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict
 
+from kinds import SleepKind
 from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.clock import VirtualClock
 from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import Engine, Outcome
 from shepherd.jobs import ConfigError, load_jobs, parse_jobs
-from shepherd.model import PubSubMessage, QueuedTask, Status, TriggerRequest
+from shepherd.model import QueuedTask, Status, TriggerRequest
 from shepherd.signing import TokenSigner
-from shepherd.tasks.base import Controller
 from shepherd.tasks.registry import CONFIG_MODELS
 
 GOOD_JOB = {
@@ -84,35 +83,6 @@ def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[[jobs]\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_jobs(tmp_path / "bad.toml", CONFIG_MODELS)
-
-
-class SleepConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    seconds: int
-
-
-class SleepKind:
-    """A task kind unknown to the engine: runs for a while, then succeeds on its timer."""
-
-    name: ClassVar[str] = "sleep"
-    config_model: ClassVar[type[BaseModel]] = SleepConfig
-
-    def launch(self, ctl: Controller) -> None:
-        ctl.log(f"Sleeping {ctl.config.seconds}s")
-        ctl.status = Status.RUNNING
-        ctl.add_timer(ctl.config.seconds * SECOND, "wake-up")
-
-    def examine_notification(self, message: PubSubMessage) -> str | None:
-        return None
-
-    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
-        raise AssertionError("no notifications for this kind")
-
-    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
-        ctl.status = Status.SUCCEEDED
-
-    def abort(self, ctl: Controller) -> None:
-        pass
 
 
 def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None:

@@ -8,11 +8,13 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import functions_framework
+import httpx
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
@@ -28,6 +30,7 @@ ROUTES = {
     "/on-build-notification": ("on_build_notification", "cloudevent"),
     "/on-timer": ("on_timer", "http"),
     "/api": ("api", "http"),
+    "/scheduler": ("scheduler", "http"),
 }
 
 PUBSUB_ROUTE = "/v1"
@@ -135,6 +138,30 @@ def ensure_push_subscription(topic: str, endpoint: str) -> str:
     return name
 
 
+class SchedulerTicker:
+    """Calls /scheduler at the start of every minute, as Cloud Scheduler does when deployed."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scheduler-ticker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.wait(60 - time.time() % 60):
+                try:
+                    client.post(self._url)
+                except httpx.HTTPError as e:
+                    log.warning("scheduler tick failed: %s", e)
+
+
 def serve(host: str, port: int) -> int:
     source = str(functions_source())
     apps: dict[str, WsgiApp] = {}
@@ -161,6 +188,10 @@ def serve(host: str, port: int) -> int:
     recovered = service.engine.recover()
     if deliverer is not None:
         deliverer.start()
+    ticker = None
+    if any(job.schedule for job in service.engine.jobs.jobs.values()):
+        ticker = SchedulerTicker(url + "/scheduler")
+        ticker.start()
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -173,6 +204,8 @@ def serve(host: str, port: int) -> int:
     try:
         server.serve_forever()
     finally:
+        if ticker is not None:
+            ticker.stop()
         if deliverer is not None:
             deliverer.stop()
         server.server_close()

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .durations import parse_duration
+from .schedule import Schedule, parse_schedule
 
 _PROJECT = re.compile(r"^[a-z0-9_\-]+$")
 _JOB_NAME = re.compile(r"^[0-9A-Za-z_\-. ()]{1,100}$")
@@ -51,11 +52,21 @@ class Settings(BaseModel):
         return self
 
 
+def _schedule(value: Any) -> Schedule:
+    if not isinstance(value, str):
+        raise ValueError('must be a cron expression or "with <duration> interval"')
+    return parse_schedule(value)
+
+
 class _JobHeader(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """The fields every job has, whatever its kind; the rest belongs to the kind."""
+
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
 
     id: str
     kind: str = "buildbucket"
+    schedule: Annotated[Schedule, BeforeValidator(_schedule)] | None = None
+    max_concurrent_invocations: int = Field(default=1, ge=1, le=100)
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class Job:
     id: str
     kind: str
     config: Any  # the kind's own validated model
+    schedule: Schedule | None = None
+    max_concurrent_invocations: int = 1
 
     @property
     def project(self) -> str:
@@ -104,7 +117,8 @@ def parse_jobs(
         raise ConfigError(f'{source}: "jobs" must be an array of tables ([[jobs]])')
     jobs: dict[str, Job] = {}
     for index, raw in enumerate(raw_jobs):
-        label = f"job #{index + 1}"
+        named = isinstance(raw, dict) and isinstance(raw.get("id"), str)
+        label = f'job "{raw["id"]}"' if named else f"job #{index + 1}"
         try:
             header = _JobHeader.model_validate(raw)
         except ValidationError as e:
@@ -128,7 +142,13 @@ def parse_jobs(
             config = model.model_validate(header.model_extra or {})
         except ValidationError as e:
             raise ConfigError(f"{source}: {label}: {_describe(e)}") from None
-        jobs[header.id] = Job(id=header.id, kind=header.kind, config=config)
+        jobs[header.id] = Job(
+            id=header.id,
+            kind=header.kind,
+            config=config,
+            schedule=header.schedule,
+            max_concurrent_invocations=header.max_concurrent_invocations,
+        )
     return JobsFile(source=source, settings=settings, jobs=jobs)
 
 

@@ -21,6 +21,7 @@ from flask import Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import ServiceUnavailable
 
+from .cron import run_schedules
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
 from .model import Invocation, PubSubMessage
@@ -192,6 +193,18 @@ def on_build_notification(event: CloudEvent) -> None:
     except (RetryLater, sqlite3.OperationalError) as e:
         raise ServiceUnavailable(f"try again later: {e}") from None
     log.info("notification %s: %s", message.message_id, outcome.value)
+
+
+# --- scheduler -----------------------------------------------------------------------------
+
+
+@_guarded
+def scheduler(request: Request) -> Response:
+    """One tick of the cron schedules (Cloud Scheduler calls it every minute)."""
+    _require(request, "POST")
+    engine = get_service().engine
+    results = run_schedules(engine, engine.clock.now_ns())
+    return _json(200, {"results": [r.to_json() for r in results]})
 
 
 # --- api -------------------------------------------------------------------------------

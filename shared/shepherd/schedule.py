@@ -1,0 +1,43 @@
+"""Job schedules: a cron expression ("0 */6 * * *") or LUCI's "with 30m interval"."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from croniter import croniter
+
+from .durations import SECOND, parse_duration
+
+_INTERVAL = re.compile(r"^with\s+(\S+)\s+interval$")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    text: str
+    interval_ns: int | None = None  # "with X interval": X after the previous one finished
+
+    @property
+    def is_interval(self) -> bool:
+        return self.interval_ns is not None
+
+    def latest_tick(self, now_ns: int) -> int:
+        """The last cron time at or before now (cron schedules only)."""
+        now = datetime.fromtimestamp(now_ns / 1e9, UTC)
+        if croniter.match(self.text, now.replace(second=0, microsecond=0)) and now.second == 0:
+            return now_ns - now_ns % (60 * SECOND)
+        previous = croniter(self.text, now).get_prev(datetime)
+        return int(previous.timestamp()) * SECOND
+
+
+def parse_schedule(text: str) -> Schedule:
+    """A Schedule, or ValueError saying what is wrong."""
+    if m := _INTERVAL.match(text.strip()):
+        interval = parse_duration(m[1])
+        if interval < 60 * SECOND:
+            raise ValueError(f'the interval in "{text}" must be at least 1m')
+        return Schedule(text, interval)
+    if not croniter.is_valid(text):
+        raise ValueError(f'"{text}" is neither a cron expression nor "with <duration> interval"')
+    return Schedule(text)

@@ -1,0 +1,120 @@
+"""Cron schedules in virtual time: once per tick, skipped while running, intervals."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kinds import SleepKind
+from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
+from shepherd.adapters.sqlite_store import SqliteStore
+from shepherd.clock import VirtualClock
+from shepherd.cron import run_schedules
+from shepherd.durations import HOUR, MINUTE, SECOND
+from shepherd.engine import Engine
+from shepherd.jobs import ConfigError, parse_jobs
+from shepherd.model import Status
+from shepherd.schedule import parse_schedule
+from shepherd.signing import TokenSigner
+from shepherd.tasks.registry import CONFIG_MODELS
+
+T0 = 1_700_000_000 * SECOND - 1_700_000_000 * SECOND % (6 * HOUR)  # 18:00 UTC, a 6-hour tick
+
+
+def engine(tmp_path: Path, **job: Any) -> tuple[Engine, VirtualClock, VirtualTimerQueue]:
+    jobs = parse_jobs(
+        {"jobs": [{"id": "infra/nap", "kind": "sleep", "seconds": 600, **job}]},
+        "jobs.toml",
+        {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
+    )
+    clock, queue = VirtualClock(T0), VirtualTimerQueue()
+    built = Engine(
+        jobs=jobs,
+        kinds={SleepKind.name: SleepKind()},
+        store=SqliteStore(tmp_path / "s.db"),
+        queue=queue,
+        topic=EmbeddedTopic("test"),
+        clock=clock,
+        signer=TokenSigner(b"k" * 32),
+        rng=random.Random(1),
+    )
+    return built, clock, queue
+
+
+def run_due(built: Engine, clock: VirtualClock, queue: VirtualTimerQueue) -> None:
+    for task in queue.pop_due(clock.now_ns()):
+        built.handle_task(task.invocation_id, task.timer_id, task.name)
+
+
+def actions(built: Engine, clock: VirtualClock) -> list[str]:
+    return [r.action for r in run_schedules(built, clock.now_ns())]
+
+
+def test_a_tick_triggers_once_even_when_called_twice(tmp_path: Path) -> None:
+    built, clock, _ = engine(tmp_path, schedule="0 */6 * * *", max_concurrent_invocations=5)
+    clock.advance(30 * SECOND)
+    assert actions(built, clock) == ["triggered"]
+    assert actions(built, clock) == ["not due"]
+    clock.advance(MINUTE)
+    assert actions(built, clock) == ["not due"]
+    assert len(built.store.list_invocations("infra/nap")) == 1
+
+
+def test_next_tick_is_skipped_while_the_previous_invocation_runs(tmp_path: Path) -> None:
+    built, clock, queue = engine(tmp_path, schedule="*/5 * * * *")
+    assert actions(built, clock) == ["triggered"]
+    run_due(built, clock, queue)  # started: RUNNING for 10 minutes
+    clock.advance(5 * MINUTE)
+    results = run_schedules(built, clock.now_ns())
+    assert [(r.action, r.detail) for r in results] == [("skipped", "1 invocation(s) still running")]
+    clock.advance(5 * MINUTE)
+    run_due(built, clock, queue)  # the first one finishes
+    assert built.store.list_invocations("infra/nap")[0].status is Status.SUCCEEDED
+    assert actions(built, clock) == ["triggered"]
+
+
+def test_max_concurrent_invocations_lets_ticks_overlap(tmp_path: Path) -> None:
+    built, clock, queue = engine(tmp_path, schedule="*/5 * * * *", max_concurrent_invocations=2)
+    assert actions(built, clock) == ["triggered"]
+    run_due(built, clock, queue)
+    clock.advance(5 * MINUTE)
+    assert actions(built, clock) == ["triggered"]
+    run_due(built, clock, queue)
+    assert sum(not i.status.final for i in built.store.list_invocations("infra/nap")) == 2
+
+
+def test_an_old_missed_tick_does_not_run(tmp_path: Path) -> None:
+    built, clock, _ = engine(tmp_path, schedule="0 */6 * * *")
+    clock.advance(HOUR)
+    assert [r.detail for r in run_schedules(built, clock.now_ns())] == [
+        "no tick in the last 10 minutes"
+    ]
+
+
+def test_interval_schedule_waits_after_the_previous_end(tmp_path: Path) -> None:
+    built, clock, queue = engine(tmp_path, schedule="with 30m interval")
+    assert actions(built, clock) == ["triggered"]
+    assert actions(built, clock) == ["not due"]  # still running
+    run_due(built, clock, queue)
+    clock.advance(10 * MINUTE)
+    run_due(built, clock, queue)  # finished at T0 + 10m
+    clock.advance(29 * MINUTE)
+    assert actions(built, clock) == ["not due"]
+    clock.advance(MINUTE)
+    assert actions(built, clock) == ["triggered"]
+    assert actions(built, clock) == ["not due"]
+
+
+@pytest.mark.parametrize("text", ["nope", "with 30s interval", "with soon interval", "61 * * * *"])
+def test_bad_schedules_are_refused_naming_the_field(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_schedule(text)
+    with pytest.raises(ConfigError, match='job "infra/nap": field "schedule"'):
+        parse_jobs(
+            {"jobs": [{"id": "infra/nap", "kind": "sleep", "seconds": 1, "schedule": text}]},
+            "jobs.toml",
+            {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
+        )
