@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import html
 import json
 import logging
 import sqlite3
@@ -21,6 +20,7 @@ from flask import Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import ServiceUnavailable
 
+from . import webpage
 from .cron import run_schedules
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
@@ -216,7 +216,7 @@ def api(request: Request) -> Response:
     store = get_service().engine.store
     if not parts:
         _require(request, "GET")
-        return Response(_index_page(), mimetype="text/html")
+        return _html_page(request)
     if parts[0] == "invocations" and len(parts) in (2, 3):
         invocation_id = _invocation_id(parts[1])
         action = parts[2] if len(parts) == 3 else ""
@@ -250,19 +250,18 @@ def api(request: Request) -> Response:
     return _error(404, f'no such route "{request.path}"')
 
 
-def _index_page() -> str:
+def _html_page(request: Request) -> Response:
     engine = get_service().engine
-    rows = []
-    for job_id in engine.jobs.jobs:
-        for inv in engine.store.list_invocations(job_id, limit=20):
-            rows.append(
-                f"<tr><td>{html.escape(job_id)}</td>"
-                f'<td><a href="invocations/{inv.id}/log">{inv.id}</a></td>'
-                f"<td>{inv.status.value}</td><td>{_time(inv.created_ns)}</td></tr>"
-            )
-    return (
-        "<!doctype html><title>shepherd</title><h1>shepherd</h1>"
-        "<table><tr><th>job</th><th>invocation</th><th>status</th><th>created</th></tr>"
-        + "".join(rows)
-        + "</table>"
-    )
+    now = engine.clock.now_ns()
+    wanted = request.args.get("invocation")
+    if wanted is None:
+        jobs = {
+            job_id: engine.store.list_invocations(job_id, limit=20) for job_id in engine.jobs.jobs
+        }
+        return Response(webpage.index_page(jobs, now), mimetype="text/html")
+    invocation_id = _invocation_id(wanted)
+    inv = engine.store.get(invocation_id)
+    if inv is None:
+        return _error(404, f"no invocation {invocation_id}")
+    page = webpage.invocation_page(inv, engine.store.read_log(invocation_id), now)
+    return Response(page, mimetype="text/html")

@@ -1,0 +1,225 @@
+"""The operator's page served by the api function: jobs, invocations, one invocation's timeline
+(an SVG drawn here, no script, no CDN) and its debug log with the JSON blocks folded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from .durations import SECOND, format_duration
+from .model import Invocation, LogEntry
+from .timestamps import format_log_time, format_rfc3339, parse_rfc3339
+
+REFRESH_SECONDS = 5
+_STATUS_COLORS = {
+    "SCHEDULED": "#9aa5b1",
+    "STARTED": "#4c8bf5",
+    "SUCCESS": "#2e9e5b",
+    "SUCCEEDED": "#2e9e5b",
+    "FAILURE": "#d64545",
+    "INFRA_FAILURE": "#8e44ad",
+    "FAILED": "#d64545",
+    "CANCELED": "#e08a1e",
+    "ABORTED": "#e08a1e",
+    "STARTING": "#9aa5b1",
+    "RUNNING": "#4c8bf5",
+}
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1f2933}
+table{border-collapse:collapse}
+td,th{padding:4px 12px;text-align:left;border-bottom:1px solid #e4e7eb}
+.status{font-weight:600}.log{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap}
+.log div{border-bottom:1px solid #f0f2f4}.t{color:#7b8794}details{display:inline}
+summary{cursor:pointer;color:#2f6fde}svg text{font:11px system-ui,sans-serif;fill:#3e4c59}
+"""
+
+
+def _status(text: str) -> str:
+    color = _STATUS_COLORS.get(text, "#52606d")
+    return f'<span class="status" style="color:{color}">{escape(text)}</span>'
+
+
+def _duration(inv: Invocation, now_ns: int) -> str:
+    end = inv.finished_ns if inv.finished_ns is not None else now_ns
+    text = format_duration((end - inv.created_ns) // SECOND * SECOND)
+    return text if inv.finished_ns is not None else f"{text} so far"
+
+
+def _page(title: str, body: str, refresh: bool) -> str:
+    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">{meta}'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+def index_page(jobs: dict[str, list[Invocation]], now_ns: int) -> str:
+    parts = ["<h1>shepherd</h1>"]
+    for job_id, invocations in jobs.items():
+        parts.append(f"<h2>{escape(job_id)}</h2>")
+        if not invocations:
+            parts.append("<p>No invocations yet.</p>")
+            continue
+        rows = "".join(
+            f'<tr><td><a href="?invocation={inv.id}">{inv.id}</a></td>'
+            f"<td>{_status(inv.status)}</td><td>{escape(format_rfc3339(inv.created_ns))}</td>"
+            f"<td>{escape(_duration(inv, now_ns))}</td></tr>"
+            for inv in invocations
+        )
+        parts.append(
+            "<table><tr><th>invocation</th><th>status</th><th>created</th><th>duration</th></tr>"
+            f"{rows}</table>"
+        )
+    running = any(not i.status.final for invs in jobs.values() for i in invs)
+    return _page("shepherd", "".join(parts), refresh=running)
+
+
+@dataclass(frozen=True)
+class Mark:
+    row: str
+    time_ns: int
+    label: str
+
+
+def _json_blocks(entries: Iterable[LogEntry]) -> Iterable[dict[str, Any]]:
+    for entry in entries:
+        head, newline, rest = entry.text.partition("\n")
+        if newline and head in ("Scheduled build:", "Build:"):
+            try:
+                yield json.loads(rest)
+            except ValueError:
+                continue
+
+
+def _phases(entries: Sequence[LogEntry], end_ns: int) -> list[tuple[str, int, int]]:
+    """(status, from, to) of the build, from the newest build JSON in the log."""
+    builds = list(_json_blocks(entries))
+    if not builds:
+        return []
+    build = builds[-1]
+    times = {
+        k: parse_rfc3339(build[k]) for k in ("createTime", "startTime", "endTime") if k in build
+    }
+    if "createTime" not in times:
+        return []
+    started, ended = times.get("startTime"), times.get("endTime")
+    phases = [("SCHEDULED", times["createTime"], started or ended or end_ns)]
+    if started is not None:
+        phases.append(("STARTED", started, ended or end_ns))
+    if ended is not None:
+        phases.append((str(build.get("status", "?")), ended, ended))
+    return phases
+
+
+def _marks(entries: Sequence[LogEntry]) -> list[Mark]:
+    marks = []
+    for entry in entries:
+        text = entry.text
+        if text.startswith("Handling timer"):
+            marks.append(Mark("timers", entry.time_ns, "status-check timer"))
+        elif text.startswith("Received PubSub notification"):
+            marks.append(Mark("notifications", entry.time_ns, "Pub/Sub notification"))
+        elif text.startswith("Scheduled build:"):
+            marks.append(Mark("Buildbucket calls", entry.time_ns, "ScheduleBuild"))
+        elif text.startswith(("Build status:", "Build:\n", "Failed to fetch build")):
+            marks.append(Mark("Buildbucket calls", entry.time_ns, "GetBuild"))
+        elif text.startswith("Invocation was manually aborted") or "cancelling it" in text:
+            marks.append(Mark("Buildbucket calls", entry.time_ns, "CancelBuild"))
+    return marks
+
+
+def timeline_svg(
+    inv: Invocation, entries: Sequence[LogEntry], now_ns: int, width: int = 1100
+) -> str:
+    start = inv.created_ns
+    end = max(inv.finished_ns or now_ns, start + SECOND)
+    left, right, row_h = 130, 20, 28
+    span = end - start
+
+    def x(t: int) -> float:
+        return left + (width - left - right) * min(max(t - start, 0), span) / span
+
+    rows = ["build", "Buildbucket calls", "timers", "notifications"]
+    height = 30 + row_h * len(rows) + 30
+    out = [
+        f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'role="img" aria-label="invocation timeline">'
+    ]
+    for i, row in enumerate(rows):
+        y = 30 + i * row_h
+        out.append(f'<text x="4" y="{y + 17}">{escape(row)}</text>')
+        out.append(
+            f'<line x1="{left}" y1="{y + row_h}" x2="{width - right}" y2="{y + row_h}" '
+            'stroke="#e4e7eb"/>'
+        )
+    for status, t0, t1 in _phases(entries, end):
+        color = _STATUS_COLORS.get(status, "#52606d")
+        if t1 > t0:
+            w = max(x(t1) - x(t0), 1.0)
+            out.append(
+                f'<rect class="phase" x="{x(t0):.1f}" y="36" width="{w:.1f}" height="16" '
+                f'fill="{color}">'
+                f"<title>{escape(status)} {escape(format_duration(t1 - t0))}</title></rect>"
+            )
+            if w > 70:
+                out.append(
+                    f'<text x="{x(t0) + 4:.1f}" y="48" style="fill:#fff">{escape(status)}</text>'
+                )
+        else:
+            out.append(
+                f'<circle class="phase" cx="{x(t0):.1f}" cy="44" r="6" fill="{color}">'
+                f"<title>{escape(status)}</title></circle>"
+            )
+    for mark in _marks(entries):
+        y = 30 + rows.index(mark.row) * row_h
+        out.append(
+            f'<line class="mark" x1="{x(mark.time_ns):.1f}" y1="{y + 6}" '
+            f'x2="{x(mark.time_ns):.1f}" '
+            f'y2="{y + row_h - 6}" stroke="#3e4c59" stroke-width="1.5">'
+            f"<title>{escape(mark.label)} at {escape(format_log_time(mark.time_ns))}</title></line>"
+        )
+    axis_y = 30 + row_h * len(rows) + 18
+    for k in range(6):
+        t = start + span * k // 5
+        label = format_duration((t - start) // SECOND * SECOND)
+        anchor = "start" if k == 0 else "end" if k == 5 else "middle"
+        out.append(
+            f'<text x="{x(t):.1f}" y="{axis_y}" text-anchor="{anchor}">+{escape(label)}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _log_html(entries: Sequence[LogEntry]) -> str:
+    lines = []
+    for entry in entries:
+        head, newline, rest = entry.text.partition("\n")
+        line = f'<span class="t">[{escape(format_log_time(entry.time_ns))}]</span> {escape(head)}'
+        if newline:
+            line += f"<details><summary>JSON</summary>{escape(rest)}</details>"
+        lines.append(f"<div>{line}</div>")
+    return f'<div class="log" id="log">{"".join(lines)}</div>'
+
+
+def invocation_page(inv: Invocation, entries: Sequence[LogEntry], now_ns: int) -> str:
+    task = (
+        f'<a href="{escape(inv.view_url)}" rel="noreferrer">{escape(inv.view_url)}</a>'
+        if inv.view_url
+        else "—"
+    )
+    body = (
+        f'<p><a href="./">all invocations</a></p><h1>{escape(inv.job_id)}</h1>'
+        f"<table><tr><th>invocation</th><td>{inv.id}</td></tr>"
+        f"<tr><th>status</th><td>{_status(inv.status)}</td></tr>"
+        f"<tr><th>duration</th><td>{escape(_duration(inv, now_ns))}</td></tr>"
+        f"<tr><th>attempt</th><td>{inv.attempt}</td></tr>"
+        f"<tr><th>build</th><td>{task}</td></tr>"
+        f'<tr><th>raw</th><td><a href="invocations/{inv.id}">JSON</a> · '
+        f'<a href="invocations/{inv.id}/log">text log</a></td></tr></table>'
+        f"<h2>Timeline</h2>{timeline_svg(inv, entries, now_ns)}"
+        f"<h2>Debug log</h2>{_log_html(entries)}"
+    )
+    return _page(f"{inv.job_id} {inv.id}", body, refresh=not inv.status.final)
