@@ -1,101 +1,311 @@
-"""`shepherd`: the command line."""
+"""`shepherd`: run the local stack, replay scenarios, and operate a running shepherd."""
 
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .client import ClientError, ShepherdClient
 from .jobs import ConfigError
 from .service import DEFAULT_STATE
 
+FINAL = {"SUCCEEDED", "FAILED", "ABORTED"}
+DEFAULT_URL = "http://127.0.0.1:8080"
 
-def _replay(args: argparse.Namespace) -> int:
-    from .replay import load_scenario, replay
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+)
+jobs_app = typer.Typer(help="Job files.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-    try:
-        scenario = load_scenario(args.scenario)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"shepherd: cannot load scenario {args.scenario!r}: {e}", file=sys.stderr)
-        return 2
-    sys.stdout.write(replay(scenario, args.state).log_text)
-    return 0
+State = Annotated[
+    str,
+    typer.Option(envvar="SHEPHERD_STATE", help="The SQLite store of the embedded defaults."),
+]
+Url = Annotated[
+    str, typer.Option(envvar="SHEPHERD_URL", help="The local stack (its routes under it).")
+]
+TriggerUrl = Annotated[
+    str | None,
+    typer.Option(envvar="SHEPHERD_TRIGGER_URL", help="A deployment's trigger function URL."),
+]
+ApiUrl = Annotated[
+    str | None, typer.Option(envvar="SHEPHERD_API_URL", help="A deployment's api function URL.")
+]
 
 
-def _dev(args: argparse.Namespace) -> int:
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"shepherd: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def print_table(headers: list[str] | None, rows: list[list[str]]) -> None:
+    """A rich table on a terminal; tab-separated lines when piped, for scripts."""
+    if not sys.stdout.isatty():
+        for row in ([headers] if headers else []) + rows:
+            print("\t".join(row))
+        return
+    table = Table(*(headers or []), show_header=headers is not None)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def client(url: str, trigger_url: str | None, api_url: str | None) -> ShepherdClient:
+    return ShepherdClient.for_urls(url, trigger_url, api_url)
+
+
+# --- local ------------------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    jobs: Annotated[str | None, typer.Option(envvar="SHEPHERD_JOBS", help="The job file.")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    state: State = DEFAULT_STATE,
+) -> None:
+    """Serve the functions on one port with the embedded store, queue and Pub/Sub."""
     from .devserver import serve
 
-    if not args.jobs:
-        print("shepherd: dev needs --jobs FILE (or SHEPHERD_JOBS)", file=sys.stderr)
-        return 2
-    os.environ["SHEPHERD_JOBS"] = args.jobs
-    os.environ["SHEPHERD_STATE"] = args.state
+    if not jobs:
+        raise fail("dev needs --jobs FILE (or SHEPHERD_JOBS)", 2)
+    os.environ["SHEPHERD_JOBS"] = jobs
+    os.environ["SHEPHERD_STATE"] = state
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for noisy in ("werkzeug", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return serve(args.host, args.port)
+        code = serve(host, port)
     except ConfigError as e:
-        print(f"shepherd: {e}", file=sys.stderr)
-        return 2
+        raise fail(str(e), 2) from None
     except OSError as e:
-        print(f"shepherd: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
-        return 1
+        raise fail(f"cannot serve on {host}:{port}: {e}") from None
+    raise typer.Exit(code)
 
 
-def _package(args: argparse.Namespace) -> int:
-    from pathlib import Path
+@app.command()
+def replay(
+    scenario: Annotated[str, typer.Argument(help='"seed", or a scenario TOML file')],
+    state: State = DEFAULT_STATE,
+) -> None:
+    """Replay a scripted invocation in virtual time and print its debug log."""
+    from .replay import load_scenario
+    from .replay import replay as run
 
+    try:
+        loaded = load_scenario(scenario)
+    except (OSError, ValueError, KeyError) as e:
+        raise fail(f"cannot load scenario {scenario!r}: {e}", 2) from None
+    sys.stdout.write(run(loaded, state).log_text)
+
+
+@app.command()
+def package(
+    jobs: Annotated[str, typer.Option(help="The job file the deployment runs.")],
+    out_path: Annotated[str, typer.Option("--out")] = "dist/functions.zip",
+) -> None:
+    """Build the functions' source archive that terraform deploys."""
     from .devserver import functions_source
     from .package import build
 
     try:
-        names = build(Path(args.out), Path(args.jobs), functions_source())
+        names = build(Path(out_path), Path(jobs), functions_source())
     except ConfigError as e:
-        print(f"shepherd: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.out}: {len(names)} files")
-    return 0
+        raise fail(str(e), 2) from None
+    print(f"{out_path}: {len(names)} files")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shepherd", description=__doc__)
-    state = argparse.ArgumentParser(add_help=False)
-    state.add_argument(
-        "--state",
-        default=os.environ.get("SHEPHERD_STATE") or DEFAULT_STATE,
-        help="the SQLite store (default: $SHEPHERD_STATE or %(default)s)",
+@jobs_app.command("validate")
+def jobs_validate(path: Annotated[str, typer.Argument(help="The job file.")]) -> None:
+    """Check a job file; every error names the file, the job and the field."""
+    from .jobs import load_jobs
+    from .tasks.registry import CONFIG_MODELS
+
+    try:
+        jobs = load_jobs(path, CONFIG_MODELS)
+    except ConfigError as e:
+        raise fail(str(e), 2) from None
+    scheduled = sum(job.schedule is not None for job in jobs.jobs.values())
+    print(f"{path}: OK, {len(jobs.jobs)} job(s), {scheduled} scheduled")
+
+
+# --- remote -----------------------------------------------------------------------------
+
+
+def _pairs(items: list[str], sep: str, what: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, found, value = item.partition(sep)
+        if not found or not key:
+            raise fail(f'{what} "{item}" must be "key{sep}value"', 2)
+        pairs.append((key, value))
+    return pairs
+
+
+def _property_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@app.command()
+def trigger(
+    job: Annotated[str, typer.Argument(help='The job id, "<project>/<job name>".')],
+    commit: Annotated[str | None, typer.Option(help="The gitiles revision.")] = None,
+    ref: Annotated[str | None, typer.Option(help="The gitiles ref, e.g. refs/heads/main.")] = None,
+    repo: Annotated[str | None, typer.Option(help="The gitiles repository URL.")] = None,
+    prop: Annotated[
+        list[str], typer.Option("--property", help="k=v (v as JSON if it parses)")
+    ] = [],  # noqa: B006
+    tag: Annotated[list[str], typer.Option(help="k:v")] = [],  # noqa: B006
+    request_id: Annotated[
+        str | None, typer.Option(help="The same key twice starts one invocation.")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    trigger_url: TriggerUrl = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Start an invocation of JOB."""
+    body: dict[str, Any] = {"job": job}
+    gitiles = {"repo": repo, "ref": ref, "revision": commit}
+    if any(gitiles.values()):
+        missing = [f"--{k if k != 'revision' else 'commit'}" for k, v in gitiles.items() if not v]
+        if missing:
+            raise fail(
+                f"a gitiles commit needs --repo, --ref and --commit (missing {', '.join(missing)})",
+                2,
+            )
+        body["gitiles"] = gitiles
+    if tag:
+        body["tags"] = [f"{k}:{v}" for k, v in _pairs(tag, ":", "tag")]
+    if prop:
+        body["properties"] = {k: _property_value(v) for k, v in _pairs(prop, "=", "property")}
+    if request_id:
+        body["request_id"] = request_id
+    try:
+        answer = client(url, trigger_url, api_url).trigger(body)
+    except ClientError as e:
+        raise fail(str(e)) from None
+    print(answer["invocation_id"])
+
+
+@app.command()
+def show(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: Url = DEFAULT_URL,
+    trigger_url: TriggerUrl = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Show one invocation."""
+    try:
+        inv = client(url, trigger_url, api_url).invocation(invocation_id)
+    except ClientError as e:
+        raise fail(str(e)) from None
+    keys = (
+        "id",
+        "job",
+        "status",
+        "attempt",
+        "build_id",
+        "view_url",
+        "created",
+        "started",
+        "finished",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    rows = [[key, str(inv[key]) if inv.get(key) is not None else "—"] for key in keys]
+    print_table(None, [*rows, ["log", f"{len(inv.get('log', []))} lines"]])
 
-    replay = commands.add_parser(
-        "replay",
-        parents=[state],
-        help="replay a scripted invocation in virtual time, print its log",
+
+@app.command()
+def log(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until it ends.")
+    ] = False,
+    url: Url = DEFAULT_URL,
+    trigger_url: TriggerUrl = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Print an invocation's debug log."""
+    api = client(url, trigger_url, api_url)
+    printed = 0
+    try:
+        while True:
+            text = api.log(invocation_id)
+            sys.stdout.write(text[printed:])
+            sys.stdout.flush()
+            printed = len(text)
+            if not follow or api.invocation(invocation_id)["status"] in FINAL:
+                # One more read: lines committed with the final status are in it.
+                sys.stdout.write(api.log(invocation_id)[printed:])
+                return
+            time.sleep(1)
+    except ClientError as e:
+        raise fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command("list")
+def list_invocations(
+    job: Annotated[str, typer.Argument(help="The job id.")],
+    url: Url = DEFAULT_URL,
+    trigger_url: TriggerUrl = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """List a job's invocations, newest first."""
+    try:
+        invocations = client(url, trigger_url, api_url).list(job)
+    except ClientError as e:
+        raise fail(str(e)) from None
+    print_table(
+        ["invocation", "status", "created", "finished", "build"],
+        [
+            [
+                inv["id"],
+                inv["status"],
+                inv["created"],
+                inv["finished"] or "—",
+                inv["view_url"] or "—",
+            ]
+            for inv in invocations
+        ],
     )
-    replay.add_argument("scenario", help='"seed", or a scenario TOML file')
-    replay.set_defaults(run=_replay)
 
-    dev = commands.add_parser(
-        "dev", parents=[state], help="serve the four functions on one port (the local stack)"
-    )
-    dev.add_argument("--jobs", default=os.environ.get("SHEPHERD_JOBS"), help="the job file")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8080)
-    dev.set_defaults(run=_dev)
 
-    package = commands.add_parser("package", help="build the functions' source archive")
-    package.add_argument("--jobs", required=True, help="the job file the deployment runs")
-    package.add_argument("--out", default="dist/functions.zip")
-    package.set_defaults(run=_package)
+@app.command()
+def abort(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID")],
+    url: Url = DEFAULT_URL,
+    trigger_url: TriggerUrl = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Abort a running invocation (cancels its build)."""
+    try:
+        inv = client(url, trigger_url, api_url).abort(invocation_id)
+    except ClientError as e:
+        raise fail(str(e)) from None
+    print(f"{inv['id']} {inv['status']}")
 
-    args = parser.parse_args(argv)
-    return args.run(args)
+
+def main() -> None:
+    app(prog_name="shepherd")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

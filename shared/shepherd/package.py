@@ -17,6 +17,7 @@ from .jobs import load_jobs
 from .tasks.registry import CONFIG_MODELS
 
 RUNTIME = (
+    "croniter",
     "functions-framework",
     "google-cloud-firestore",
     "google-cloud-pubsub",
