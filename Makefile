@@ -11,7 +11,7 @@ IAC_VENV := .venv-iac
 IAC_STAMP := $(IAC_VENV)/.installed
 JOBS ?=
 
-.PHONY: run test lint install emulators package clean
+.PHONY: run test lint install emulators chromium package screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ emulators: $(TASKS_STAMP)
 	'gcloud components install cloud-firestore-emulator pubsub-emulator' or Debian's \
 	google-cloud-cli-firestore-emulator and google-cloud-cli-pubsub-emulator packages."
 
+# The page tests drive a real headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "NOTE: chromium is missing (sudo apt-get install chromium); the page tests will be skipped"; fi; }
+
+# Refreshes docs/invocation.png, the README's picture of the seed invocation's page.
+screenshot: $(STAMP) chromium
+	SHEPHERD_SCREENSHOT=docs/invocation.png $(BIN)/pytest -q tests/test_webpage.py -k chromium
+
 run: $(STAMP)
 	$(BIN)/shepherd replay seed
 
@@ -52,7 +62,7 @@ package: $(STAMP)
 	@test -n "$(JOBS)" || (echo "usage: make package JOBS=path/to/jobs.toml" && exit 2)
 	$(BIN)/shepherd package --jobs $(JOBS) --out dist/functions.zip
 
-test: lint emulators
+test: lint emulators chromium
 	$(BIN)/pytest
 
 clean:

@@ -8,7 +8,7 @@ locals {
 
 # One identity per function, plus the two identities that invoke functions.
 resource "google_service_account" "fn" {
-  for_each     = toset(["trigger", "notification", "timer", "api"])
+  for_each     = toset(["trigger", "notification", "timer", "api", "scheduler"])
   account_id   = "shepherd-${each.key}"
   display_name = "shepherd ${each.key} function"
 }

@@ -24,6 +24,7 @@ locals {
     "on-build-notification" = { entry_point = "on_build_notification", account = "notification", secret = true, ingress = "ALLOW_INTERNAL_ONLY" }
     "on-timer"              = { entry_point = "on_timer", account = "timer", secret = true, ingress = "ALLOW_INTERNAL_ONLY" }
     "api"                   = { entry_point = "api", account = "api", secret = false, ingress = "ALLOW_ALL" }
+    "scheduler"             = { entry_point = "scheduler", account = "scheduler", secret = false, ingress = "ALLOW_INTERNAL_ONLY" }
   }
 }
 
@@ -31,6 +32,7 @@ resource "google_project_service" "apis" {
   for_each = toset([
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
     "cloudtasks.googleapis.com",
     "firestore.googleapis.com",
     "pubsub.googleapis.com",
@@ -93,7 +95,7 @@ resource "google_secret_manager_secret_version" "signing_key" {
 # --- the functions ------------------------------------------------------------------------
 
 resource "google_cloudfunctions2_function" "fn" {
-  #checkov:skip=CKV_GCP_124:trigger and api are called from outside Google Cloud and guarded by run.invoker IAM; the other two are internal-only.
+  #checkov:skip=CKV_GCP_124:trigger and api are called from outside Google Cloud and guarded by run.invoker IAM; the others are internal-only.
   for_each = local.functions
   name     = each.key
   location = var.region

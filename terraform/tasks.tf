@@ -24,9 +24,9 @@ resource "google_cloud_tasks_queue" "status_checks" {
   depends_on = [google_project_service.apis]
 }
 
-# Who enqueues: trigger (the start of an invocation) and on-timer (each next check).
+# Who enqueues: trigger and scheduler (the start of an invocation), on-timer (each next check).
 resource "google_cloud_tasks_queue_iam_member" "enqueuers" {
-  for_each = toset(["trigger", "timer"])
+  for_each = toset(["trigger", "timer", "scheduler"])
   name     = google_cloud_tasks_queue.status_checks.id
   location = var.region
   role     = "roles/cloudtasks.enqueuer"
@@ -35,7 +35,7 @@ resource "google_cloud_tasks_queue_iam_member" "enqueuers" {
 
 # Creating a task whose OIDC token is the invoker's identity needs actAs on that account.
 resource "google_service_account_iam_member" "enqueuers_act_as_invoker" {
-  for_each           = toset(["trigger", "timer"])
+  for_each           = toset(["trigger", "timer", "scheduler"])
   service_account_id = google_service_account.tasks_invoker.name
   role               = "roles/iam.serviceAccountUser"
   member             = "serviceAccount:${google_service_account.fn[each.key].email}"

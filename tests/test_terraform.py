@@ -73,7 +73,7 @@ def test_every_entry_point_is_a_target_in_functions_main(tf: dict[str, Any]) -> 
     tree = ast.parse((ROOT / "functions" / "main.py").read_text())
     targets = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     entry_points = {f["entry_point"] for f in functions(tf).values()}
-    assert entry_points == {"trigger", "on_build_notification", "on_timer", "api"}
+    assert entry_points == {"trigger", "on_build_notification", "on_timer", "api", "scheduler"}
     assert entry_points <= targets
     (fn,) = [tf["resource"]["google_cloudfunctions2_function"]["fn"]]
     assert fn["build_config"][0]["entry_point"] == "${each.value.entry_point}"
@@ -125,8 +125,8 @@ def test_every_service_account_is_used_and_each_function_has_its_own(tf: dict[st
         uses = len(re.findall(rf"google_service_account\.{name}\b", text))
         assert uses >= 2, f"service account {name} is created but never used"
     per_function = {f["account"] for f in functions(tf).values()}
-    assert len(per_function) == 4
-    assert accounts["fn"]["for_each"].count('"') // 2 == 4
+    assert len(per_function) == 5
+    assert accounts["fn"]["for_each"].count('"') // 2 == 5
     assert all(f'"{account}"' in accounts["fn"]["for_each"] for account in per_function)
 
 
