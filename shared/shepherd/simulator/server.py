@@ -289,6 +289,16 @@ class Simulator:
         with self._lock:
             return self._now if self.config.clock == "manual" else time.time_ns()
 
+    def inject_fault(self, method: str, code: Code, times: int = 1) -> None:
+        """The next `times` calls of `method` fail with `code`, on top of the configured faults."""
+        with self._lock:
+            self.config.faults.append(Fault(method, code, times))
+
+    def builds_by_request(self) -> dict[str, str]:
+        """requestId -> the id of the build it made."""
+        with self._lock:
+            return {request: str(build_id) for request, build_id in self._by_request.items()}
+
     def latency_s(self) -> float:
         with self._lock:
             return 0.0 if self.config.clock == "manual" else self.config.latency_ns / 1e9
