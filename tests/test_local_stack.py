@@ -17,9 +17,11 @@ import httpx
 import pytest
 
 from localstack import FINAL, JOB, SECRET, DevProcess, write_jobs
+from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
 from shepherd.simulator.control import SimulatorProcess
 
+TIMER_HEADERS = {TIMER_TOKEN_HEADER: timer_token(SECRET.encode())}
 QUICK = [{"status": "SCHEDULED", "for": "300ms"}, {"status": "STARTED", "for": "1500ms"}]
 LONG = [
     {"status": "SCHEDULED", "for": "300ms"},
@@ -307,7 +309,8 @@ def test_bad_input_gets_a_clear_4xx(
     dev: DevProcess, method: str, path: str, body: Any, status: int, error: str
 ) -> None:
     kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
-    response = dev.http.request(method, dev.url + path, **({} if body is None else kwargs))
+    kwargs = {} if body is None else kwargs
+    response = dev.http.request(method, dev.url + path, headers=TIMER_HEADERS, **kwargs)
     assert response.status_code == status, response.text
     assert error in response.json()["error"]
     assert "Traceback" not in response.text
@@ -322,8 +325,38 @@ def test_routes_answer_at_their_exact_path_without_redirects(dev: DevProcess) ->
         "timer_id": "x:42:1:0",
         "name": "check-buildbucket-build-status",
     }
-    response = dev.http.post(dev.url + "/on-timer", json=stale)
+    response = dev.http.post(dev.url + "/on-timer", json=stale, headers=TIMER_HEADERS)
     assert response.status_code == 200 and response.json() == {"outcome": "ignored"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [({}, "missing X-Shepherd-Timer-Token"), ({TIMER_TOKEN_HEADER: "guess"}, "wrong X-Shepherd")],
+)
+def test_on_timer_refuses_callers_without_the_queue_token(
+    sim: SimulatorProcess, dev: DevProcess, headers: dict[str, str], error: str
+) -> None:
+    configure(sim, dev, script=LONG)
+    invocation_id = dev.trigger()
+    inv = dev.wait_for(invocation_id, {"RUNNING"})
+    (timer,) = [e["text"] for e in inv["log"] if e["text"].startswith("Scheduling timer")][-1:]
+    timer_id = timer.split("(", 1)[1].split(")", 1)[0]
+    body = {
+        "invocation_id": invocation_id,
+        "timer_id": timer_id,
+        "name": "check-buildbucket-build-status",
+    }
+    before = dev.log_lines(invocation_id)
+    response = dev.http.post(dev.url + "/on-timer", json=body, headers=headers)
+    assert response.status_code == 401 and error in response.json()["error"]
+    assert SECRET not in response.text and TIMER_HEADERS[TIMER_TOKEN_HEADER] not in response.text
+    assert dev.log_lines(invocation_id)[: len(before)] == before
+    assert not any(
+        line.startswith(f'Handling timer "check-buildbucket-build-status" ({timer_id})')
+        for line in dev.log_lines(invocation_id)[len(before) :]
+    )
+    log_file = (dev.workdir / "dev.log").read_text()
+    assert SECRET not in log_file and TIMER_HEADERS[TIMER_TOKEN_HEADER] not in log_file
 
 
 def test_restart_mid_build_loses_nothing(sim: SimulatorProcess, tmp_path: Path) -> None:

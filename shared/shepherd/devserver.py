@@ -178,7 +178,9 @@ def serve(host: str, port: int) -> int:
     deliverer = None
     if service.embedded is not None:
         apps[PUBSUB_ROUTE] = PubSubPublish(service.embedded)
-        deliverer = Deliverer(service.embedded, url, RealClock())
+        deliverer = Deliverer(
+            service.embedded, url, RealClock(), timer_headers=service.timer_headers
+        )
         service.embedded.on_schedule = deliverer.poke
     elif os.environ.get("PUBSUB_EMULATOR_HOST") and os.environ.get("SHEPHERD_TOPIC"):
         name = ensure_push_subscription(

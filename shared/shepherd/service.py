@@ -18,6 +18,7 @@ from pathlib import Path
 from .adapters.buildbucket_prpc import PrpcBuildsClient
 from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
+from .auth import GOOGLE_CERTS_URL, OidcAuth, SharedTokenAuth, TimerAuth, timer_token
 from .clock import RealClock
 from .durations import parse_duration
 from .engine import Engine
@@ -34,6 +35,8 @@ DEFAULT_TIMER_URL = "http://127.0.0.1:8080/on-timer"
 class Service:
     engine: Engine
     embedded: SqliteDeliveryQueue | None  # the local queue and Pub/Sub, when not on GCP
+    timer_auth: TimerAuth
+    timer_headers: dict[str, str]  # what a local queue sends to be let in
 
 
 _lock = threading.Lock()
@@ -57,7 +60,24 @@ def _embedded(jobs: JobsFile) -> tuple[Store, TimerQueue, NotificationTopic, Sql
     return SqliteStore(state), queue, SqliteTopic(queue, jobs.settings.app_id), queue
 
 
-def _google_cloud(project: str) -> tuple[Store, TimerQueue, NotificationTopic]:
+def _timer_auth(key: bytes | None) -> tuple[TimerAuth, dict[str, str]]:
+    account = os.environ.get("SHEPHERD_TASKS_SERVICE_ACCOUNT")
+    if account and not os.environ.get("CLOUD_TASKS_EMULATOR_HOST"):
+        audience = os.environ.get("SHEPHERD_TIMER_URL") or DEFAULT_TIMER_URL
+        certs = os.environ.get("SHEPHERD_OIDC_CERTS_URL") or GOOGLE_CERTS_URL
+        return OidcAuth(audience, account, certs), {}
+    if key is None:
+        raise ConfigError(
+            "on_timer needs SHEPHERD_TASKS_SERVICE_ACCOUNT (Cloud Tasks' OIDC identity) "
+            "or SHEPHERD_SECRET (a shared token, for emulators)"
+        )
+    auth = SharedTokenAuth(timer_token(key))
+    return auth, auth.headers()
+
+
+def _google_cloud(
+    project: str, timer_headers: dict[str, str]
+) -> tuple[Store, TimerQueue, NotificationTopic]:
     from google.cloud import firestore, pubsub_v1
 
     from .adapters.cloud_tasks import CloudTasksQueue, make_client
@@ -69,6 +89,7 @@ def _google_cloud(project: str) -> tuple[Store, TimerQueue, NotificationTopic]:
         _env("SHEPHERD_TASKS_QUEUE"),
         os.environ.get("SHEPHERD_TIMER_URL") or DEFAULT_TIMER_URL,
         os.environ.get("SHEPHERD_TASKS_SERVICE_ACCOUNT"),
+        timer_headers,
     )
     if os.environ.get("CLOUD_TASKS_EMULATOR_HOST"):
         queue.ensure_queue()
@@ -84,19 +105,21 @@ def _google_cloud(project: str) -> tuple[Store, TimerQueue, NotificationTopic]:
 def build_service() -> Service:
     jobs = load_jobs(_env("SHEPHERD_JOBS"), CONFIG_MODELS)
     project = os.environ.get("GOOGLE_CLOUD_PROJECT")
+    secret = os.environ.get("SHEPHERD_SECRET")
+    # Deployed, the key comes from Secret Manager, and only to the functions that need it.
+    if project:
+        key = secret.encode() if secret else None
+    else:
+        key = load_or_create_key(secret, state_path().parent)
+    signer: Signer = TokenSigner(key) if key else NoKeySigner()
+    timer_auth, timer_headers = _timer_auth(key)
     embedded = None
     if project:
-        store, queue, topic = _google_cloud(project)
+        store, queue, topic = _google_cloud(project, timer_headers)
     else:
         store, queue, topic, embedded = _embedded(jobs)
     clock = RealClock()
     rng = random.Random()
-    secret = os.environ.get("SHEPHERD_SECRET")
-    if project:
-        # Deployed, the key comes from Secret Manager, and only to the functions that need it.
-        signer: Signer = TokenSigner(secret.encode()) if secret else NoKeySigner()
-    else:
-        signer = TokenSigner(load_or_create_key(secret, state_path().parent))
     engine = Engine(
         jobs=jobs,
         kinds=make_kinds(PrpcBuildsClient(clock), rng),
@@ -107,7 +130,7 @@ def build_service() -> Service:
         signer=signer,
         rng=rng,
     )
-    return Service(engine, embedded)
+    return Service(engine, embedded, timer_auth, timer_headers)
 
 
 def get_service() -> Service:

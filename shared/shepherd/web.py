@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import ServiceUnavailable
 
 from . import webpage
+from .auth import Unauthorized
 from .cron import run_schedules
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
@@ -146,8 +147,13 @@ class TimerBody(BaseModel):
 @_guarded
 def on_timer(request: Request) -> Response:
     _require(request, "POST")
+    service = get_service()
+    try:
+        service.timer_auth.check(request.headers)
+    except Unauthorized as e:
+        return _error(401, str(e))
     body = TimerBody.model_validate(_body(request))
-    engine = get_service().engine
+    engine = service.engine
     outcome = engine.handle_task(_invocation_id(body.invocation_id), body.timer_id, body.name)
     return _json(200, {"outcome": outcome.value})
 

@@ -49,11 +49,13 @@ class CloudTasksQueue:
         queue: str,
         url: str,
         service_account: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._client = client
         self._queue = queue
         self._url = url
         self._service_account = service_account
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
 
     def ensure_queue(self) -> None:
         """Creates the queue if it is missing (on an emulator; terraform makes the real one)."""
@@ -71,7 +73,7 @@ class CloudTasksQueue:
         http = tasks_v2.HttpRequest(
             url=self._url,
             http_method=tasks_v2.HttpMethod.POST,
-            headers={"Content-Type": "application/json"},
+            headers=self._headers,
             body=json.dumps(task.body()).encode(),
         )
         if self._service_account:

@@ -171,9 +171,16 @@ class Deliverer:
     """Delivers due timers and pushes to the local stack until stopped, a few at a time."""
 
     def __init__(
-        self, queue: SqliteDeliveryQueue, base_url: str, clock: Clock, *, workers: int = 4
+        self,
+        queue: SqliteDeliveryQueue,
+        base_url: str,
+        clock: Clock,
+        *,
+        timer_headers: dict[str, str] | None = None,
+        workers: int = 4,
     ) -> None:
         self._queue = queue
+        self._timer_headers = timer_headers or {}
         self._urls = {TIMER: base_url + "/on-timer", PUSH: base_url + "/on-build-notification"}
         self._clock = clock
         self._http = httpx.Client(timeout=120)
@@ -219,6 +226,7 @@ class Deliverer:
         if item.target != TIMER:
             return {}
         return {
+            **self._timer_headers,
             "X-CloudTasks-TaskName": item.name,
             "X-CloudTasks-QueueName": self._queue.queue_name,
             "X-CloudTasks-TaskRetryCount": str(item.attempts),
