@@ -11,7 +11,7 @@ IAC_VENV := .venv-iac
 IAC_STAMP := $(IAC_VENV)/.installed
 JOBS ?=
 
-.PHONY: run test lint install emulators chromium package screenshot clean
+.PHONY: run test soak lint install emulators chromium package screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ package: $(STAMP)
 
 test: lint emulators chromium
 	$(BIN)/pytest
+
+# The long variants: 1,000 invocations at once, 200 under SIGKILL, 400 model-based histories.
+soak: $(STAMP)
+	SHEPHERD_SOAK=1 $(BIN)/pytest -q -s tests/test_crash_and_load.py tests/test_model_based.py
 
 clean:
 	rm -rf $(VENV) $(TASKS_VENV) $(IAC_VENV) dist .shepherd .pytest_cache .ruff_cache .hypothesis

@@ -67,6 +67,15 @@ class DevProcess:
         return self
 
     @property
+    def rss_bytes(self) -> int:
+        """Resident memory of the running process, from /proc."""
+        assert self._proc is not None
+        for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 

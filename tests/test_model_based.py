@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -289,7 +290,7 @@ class EngineMachine(RuleBasedStateMachine):
 
 TestEngineModel = EngineMachine.TestCase
 TestEngineModel.settings = settings(
-    max_examples=60,
+    max_examples=400 if os.environ.get("SHEPHERD_SOAK") == "1" else 60,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
