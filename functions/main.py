@@ -3,8 +3,16 @@
 import functions_framework
 from cloudevents.http import CloudEvent
 from flask import Request, Response
+from werkzeug.exceptions import HTTPException
 
 from shepherd import web
+
+
+# The framework's own refusals (unknown path, not a CloudEvent) answer JSON too, and never echo
+# the request's headers back.
+@functions_framework.errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    return web.http_error(error)
 
 
 @functions_framework.http

@@ -103,7 +103,7 @@ class PubSubPublish:
                 isinstance(m, dict) and isinstance(m.get("data", ""), str) for m in messages
             ):
                 raise ValueError("messages must be a list of {data, attributes}")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
             return _json_response(
                 start_response, "400 Bad Request", _pubsub_error(400, "INVALID_ARGUMENT", str(e))
             )

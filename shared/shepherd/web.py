@@ -18,21 +18,20 @@ from typing import Any
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
-from . import webpage
+from . import openapi, webpage
 from .auth import Unauthorized
 from .cron import run_schedules
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
 from .model import Invocation, PubSubMessage
-from .schemas import TriggerBody
+from .schemas import MAX_BODY_BYTES, TriggerBody
 from .service import get_service
 from .timestamps import format_rfc3339
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
 _INT64_MAX = 2**63 - 1
 
 
@@ -48,6 +47,14 @@ def _json(status: int, body: Any) -> Response:
 
 def _error(status: int, message: str) -> Response:
     return _json(status, {"error": message})
+
+
+def http_error(error: HTTPException) -> Response:
+    """An HTTP error raised outside our handlers (the framework's routing or event parsing)."""
+    message = error.description or error.name
+    if "FUNCTION_SIGNATURE_TYPE=cloudevent" in message:
+        message = "the body is neither a CloudEvent nor a Pub/Sub push message"
+    return _error(error.code or 500, message)
 
 
 def _describe(error: ValidationError) -> str:
@@ -86,7 +93,7 @@ def _body(request: Request) -> Any:
         raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
         return json.loads(data)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # deep nesting is refused with RecursionError
         raise BadRequest(400, f"the body is not valid JSON: {e}") from None
 
 
@@ -177,7 +184,7 @@ def pubsub_message(event: CloudEvent) -> PubSubMessage | None:
     if isinstance(data, bytes | str):
         try:
             data = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
     message = data.get("message") if isinstance(data, dict) else None
     try:
@@ -223,6 +230,9 @@ def api(request: Request) -> Response:
     if not parts:
         _require(request, "GET")
         return _html_page(request)
+    if parts == ["openapi.json"]:
+        _require(request, "GET")
+        return _json(200, openapi.document())
     if parts[0] == "invocations" and len(parts) in (2, 3):
         invocation_id = _invocation_id(parts[1])
         action = parts[2] if len(parts) == 3 else ""

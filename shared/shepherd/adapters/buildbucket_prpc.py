@@ -33,7 +33,7 @@ def _decode(response: httpx.Response) -> dict[str, Any]:
         body = body[len(XSSI_PREFIX) :]
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RpcError(Code.INTERNAL, "the server answered something that is not JSON") from None
     if not isinstance(data, dict):
         raise RpcError(Code.INTERNAL, "the server answered JSON that is not an object")

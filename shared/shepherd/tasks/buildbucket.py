@@ -313,7 +313,7 @@ class BuildbucketKind:
             return token
         try:
             body = json.loads(message.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is refused with RecursionError
             return None
         if not isinstance(body, dict):
             return None

@@ -1,0 +1,186 @@
+"""The OpenAPI document of the HTTP functions, served at /api/openapi.json.
+
+Paths are those of the local stack (`shepherd dev`); deployed, each function has its own URL
+and the paths below `/api` are the api function's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schemas import MAX_BODY_BYTES, TriggerBody
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _responses(ok: str, ok_schema: dict[str, Any] | None, *errors: int) -> dict[str, Any]:
+    json_error = {"content": {"application/json": {"schema": ERROR}}}
+    reasons = {
+        400: "malformed or mistyped input",
+        401: "not the timer queue",
+        404: "unknown job or invocation",
+        405: "wrong method",
+        409: "the invocation already finished",
+        413: f"body larger than {MAX_BODY_BYTES} bytes",
+        503: "a transient condition; nothing changed, try again",
+    }
+    out: dict[str, Any] = {
+        ok[:3]: {"description": ok[4:], **({"content": ok_schema} if ok_schema else {})}
+    }
+    for code in (*errors, 503):
+        out[str(code)] = {"description": reasons[code], **json_error}
+    return out
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+INVOCATION_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+}
+
+
+def document() -> dict[str, Any]:
+    trigger_body = TriggerBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = trigger_body.pop("$defs", {})
+    invocation = {"$ref": "#/components/schemas/Invocation"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "shepherd", "version": "1"},
+        "paths": {
+            "/trigger": {
+                "post": {
+                    "summary": "Start an invocation",
+                    "requestBody": {"required": True, "content": _json(trigger_body)},
+                    "responses": _responses(
+                        "202 queued",
+                        _json({"$ref": "#/components/schemas/Triggered"}),
+                        400,
+                        404,
+                        413,
+                    ),
+                }
+            },
+            "/on-timer": {
+                "post": {
+                    "summary": "A status check or start, as Cloud Tasks delivers it",
+                    "requestBody": {
+                        "required": True,
+                        "content": _json({"$ref": "#/components/schemas/TimerTask"}),
+                    },
+                    "responses": _responses(
+                        "200 handled, stale or ignored",
+                        _json({"type": "object", "properties": {"outcome": {"type": "string"}}}),
+                        400,
+                        401,
+                        413,
+                    ),
+                }
+            },
+            "/api/invocations/{id}": {
+                "get": {
+                    "summary": "One invocation with its log",
+                    "parameters": [INVOCATION_ID],
+                    "responses": _responses("200 the invocation", _json(invocation), 400, 404),
+                }
+            },
+            "/api/invocations/{id}/log": {
+                "get": {
+                    "summary": "The debug log as text",
+                    "parameters": [INVOCATION_ID],
+                    "responses": _responses(
+                        "200 the log", {"text/plain": {"schema": {"type": "string"}}}, 400, 404
+                    ),
+                }
+            },
+            "/api/invocations/{id}/abort": {
+                "post": {
+                    "summary": "Cancel the build; the invocation ends ABORTED",
+                    "parameters": [INVOCATION_ID],
+                    "responses": _responses("200 aborted", _json(invocation), 400, 404, 409),
+                }
+            },
+            "/api/jobs/{job}/invocations": {
+                "get": {
+                    "summary": "A job's invocations, newest first",
+                    "parameters": [
+                        {
+                            "name": "job",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": _responses(
+                        "200 the invocations",
+                        _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "invocations": {"type": "array", "items": invocation}
+                                },
+                            }
+                        ),
+                        400,
+                        404,
+                    ),
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                **defs,
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "Triggered": {
+                    "type": "object",
+                    "required": ["invocation_id", "url"],
+                    "properties": {"invocation_id": {"type": "string"}, "url": {"type": "string"}},
+                },
+                "TimerTask": {
+                    "type": "object",
+                    "required": ["invocation_id", "timer_id", "name"],
+                    "properties": {
+                        "invocation_id": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                        "timer_id": {"type": "string", "minLength": 1},
+                        "name": {"type": "string", "minLength": 1},
+                    },
+                },
+                "Invocation": {
+                    "type": "object",
+                    "required": ["id", "job", "status"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "job": {"type": "string"},
+                        "status": {
+                            "type": "string",
+                            "enum": ["STARTING", "RUNNING", "SUCCEEDED", "FAILED", "ABORTED"],
+                        },
+                        "attempt": {"type": "integer"},
+                        "build_id": {"type": ["string", "null"]},
+                        "view_url": {"type": ["string", "null"]},
+                        "created": {"type": "string"},
+                        "started": {"type": ["string", "null"]},
+                        "finished": {"type": ["string", "null"]},
+                        "log": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "time": {"type": "string"},
+                                    "text": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+            }
+        },
+    }
