@@ -10,14 +10,27 @@ import json
 import os
 import random
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
+from emulators import PROJECT, Emulator
 from shepherd.adapters.embedded import EmbeddedTopic
+from shepherd.adapters.firestore_store import FirestoreStore
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.clock import VirtualClock
 from shepherd.durations import MINUTE, SECOND
@@ -54,14 +67,24 @@ class Crash(Exception):
     """The process died: the handler's transaction is not committed, the delivery not acked."""
 
 
-class CrashingStore(SqliteStore):
+class Crashing:
+    """Mixed into a store: the next commit dies before it writes anything."""
+
     crash_next = False
 
     def commit(self, invocation: Invocation, expected: int, log: Any) -> None:
         if self.crash_next:
             self.crash_next = False
             raise Crash
-        super().commit(invocation, expected, log)
+        super().commit(invocation, expected, log)  # type: ignore[misc]
+
+
+class CrashingSqlite(Crashing, SqliteStore):
+    pass
+
+
+class CrashingFirestore(Crashing, FirestoreStore):
+    pass
 
 
 class InProcessBuilds:
@@ -95,12 +118,15 @@ class Queue:
 
 
 class EngineMachine(RuleBasedStateMachine):
+    def make_store(self) -> Any:
+        return CrashingSqlite(Path(self.dir.name) / "s.db")
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.TemporaryDirectory()
         self.clock = VirtualClock(T0)
         self.sim = Simulator({"clock": "manual", "start_ns": T0})
-        self.store = CrashingStore(Path(self.dir.name) / "s.db")
+        self.store = self.make_store()
         self.queue = Queue()
         jobs = parse_jobs(
             {
@@ -286,6 +312,33 @@ class EngineMachine(RuleBasedStateMachine):
                 assert sim_builds[build_id]["status"] == seen_status
             if inv.status.final:
                 assert sum(e.text.startswith("Invocation finished") for e in log) == 1
+
+
+class FirestoreEngineMachine(EngineMachine):
+    """The same histories on the Firestore store, against its emulator."""
+
+    client: Any = None
+
+    def make_store(self) -> Any:
+        return CrashingFirestore(self.client, prefix=f"m{uuid.uuid4().hex[:12]}_")
+
+
+def test_the_same_model_on_firestore(firestore_emulator: Emulator) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
+        FirestoreEngineMachine.client = firestore.Client(
+            project=PROJECT, credentials=AnonymousCredentials()
+        )
+    examples = 80 if os.environ.get("SHEPHERD_SOAK") == "1" else 12
+    run_state_machine_as_test(
+        FirestoreEngineMachine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
 
 
 TestEngineModel = EngineMachine.TestCase
