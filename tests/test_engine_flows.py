@@ -232,3 +232,29 @@ def test_notification_while_starting_is_retried_later(stack: VirtualStack) -> No
         stack.engine.handle_notification(PubSubMessage(data, {}, "early"))
     inv = stack.store.get(invocation_id)
     assert inv is not None and inv.status is Status.STARTING and inv.mutation_count == 0
+
+
+def test_shepherd_policy_trusts_notifications_and_checks_every_max(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    seed = load_scenario("seed")
+    settings = {**seed.jobs["settings"], "status_policy": "shepherd"}
+    shepherd = dataclasses.replace(
+        seed,
+        jobs={**seed.jobs, "settings": settings},
+        simulator={**seed.simulator, "duplicate_notifications": True},
+    )
+    result = replay(shepherd, tmp_path / "state.db", sim)
+    lines = texts(result)
+    assert result.invocation.status is Status.SUCCEEDED
+    assert not any("asking Buildbucket" in line for line in lines)
+    received = [
+        line for line in lines if line.startswith("Received PubSub notification with the build")
+    ]
+    assert len(received) == 2  # STARTED and SUCCESS; their duplicates bring nothing newer
+    assert lines.count("Received PubSub notification, nothing newer than what is known") == 1
+    delays = [line.rsplit(" after ", 1)[1] for line in lines if line.startswith("Scheduling timer")]
+    assert set(delays) == {"10m0s"}
+    handled = sum(line.startswith("Handling timer") for line in lines)
+    assert result.simulator_calls["GetBuild"] == handled  # none for notifications
+    assert lines[-2].startswith("Build:\n")

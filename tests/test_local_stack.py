@@ -77,14 +77,16 @@ def test_build_outcomes(
     assert lines[1] == "Starting the invocation (attempt 1)"
     assert any(line.startswith("Scheduled build:\n") for line in lines)
     # Published to the build's topic and pushed by the embedded Pub/Sub before any timer fires.
-    received = lines.index("Received PubSub notification, asking Buildbucket for the build status")
+    received = next(i for i, line in enumerate(lines) if line.startswith("Received PubSub"))
     timers = [i for i, line in enumerate(lines) if line.startswith("Handling timer")]
     assert not timers or received < timers[0]
     assert lines[-2].startswith("Build:\n") and f'"status": "{build_status}"' in lines[-2]
     assert lines[-1].endswith(f"with status {final}")
     calls = sim.state()["calls"]
     assert calls["ScheduleBuild"] == 1
-    assert calls["GetBuild"] >= 2  # the STARTED and final notifications at least
+    # The default policy trusts the build a notification carries: GetBuild only on timers.
+    assert calls["GetBuild"] == sum(line.startswith("Handling timer") for line in lines)
+    assert "Received PubSub notification with the build as of " in lines[received]
     log_text = dev.http.get(f"{dev.url}/api/invocations/{invocation_id}/log")
     assert log_text.headers["content-type"].startswith("text/plain")
     assert log_text.text.splitlines()[0].endswith(
@@ -101,7 +103,7 @@ def test_a_buildbucket_like_server_can_push_straight_to_the_function(
     invocation_id = dev.trigger()
     assert dev.wait_for(invocation_id, FINAL)["status"] == "SUCCEEDED"
     lines = dev.log_lines(invocation_id)
-    assert "Received PubSub notification, asking Buildbucket for the build status" in lines
+    assert any(line.startswith("Received PubSub notification") for line in lines)
 
 
 def test_embedded_pubsub_publishes_only_to_prepared_topics(dev: DevProcess) -> None:
@@ -179,9 +181,14 @@ def test_notification_for_a_starting_invocation_is_retried_not_lost(
     assert early.status_code == 503, early.text
     dev.wait_for(invocation_id, {"RUNNING"})
     count = len(dev.log_lines(invocation_id))
-    assert dev.push(signed(invocation_id)).status_code == 200  # the redelivery
+    # The redelivery; another 503 only if it raced with the simulator's own notification.
+    statuses = [dev.push(signed(invocation_id)).status_code for _ in range(1)]
+    while statuses[-1] == 503 and len(statuses) < 20:
+        time.sleep(0.2)
+        statuses.append(dev.push(signed(invocation_id)).status_code)
+    assert statuses[-1] == 200, statuses
     lines = dev.log_lines(invocation_id)
-    assert "Received PubSub notification, asking Buildbucket for the build status" in lines[count:]
+    assert any(line.startswith("Received PubSub notification") for line in lines[count:])
 
 
 def test_concurrent_notifications_and_timers_give_one_consistent_log(

@@ -7,7 +7,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -42,6 +42,9 @@ class Settings(BaseModel):
     invocation_timeout: GoDuration = parse_duration("24h")
     # The service's name: the `user_agent` tag and the project of embedded topic names.
     app_id: str = "shepherd"
+    # "shepherd": trust the build a notification carries and check every status_check_max;
+    # "luci": a GetBuild per notification and checks at random delays in [min, max].
+    status_policy: Literal["shepherd", "luci"] = "shepherd"
 
     @model_validator(mode="after")
     def _bounds(self) -> Settings:

@@ -132,6 +132,24 @@ class VirtualStack:
             return False
         self.clock.advance_to(when)
         now = self.clock.now_ns()
+        self._sync_simulator(now)
+        while self._inbox and self._inbox[0][0] <= now:
+            _, order, delivery = heapq.heappop(self._inbox)
+            try:
+                self.engine.handle_notification(delivery)
+            except RetryLater:
+                heapq.heappush(self._inbox, (now + RETRY_DELAY_NS, order, delivery))
+        for task in self.queue.pop_due(now - self.scenario.task_latency_ns):
+            try:
+                self.engine.handle_task(task.invocation_id, task.timer_id, task.name)
+            except RetryLater:
+                self.queue.requeue(dataclasses.replace(task, eta_ns=now + RETRY_DELAY_NS))
+        # The deliveries may have scheduled builds: learn when they change next.
+        self._sync_simulator(now)
+        return True
+
+    def _sync_simulator(self, now: int) -> None:
+        """Moves the simulator's clock to now; what it publishes goes to the inbox."""
         answer = self.sim.advance(now)
         self._sim_next = answer["next_event_ns"]
         for message in answer["published"]:
@@ -144,18 +162,6 @@ class VirtualStack:
             heapq.heappush(
                 self._inbox, (now + self.scenario.notification_latency_ns, self._order, delivery)
             )
-        while self._inbox and self._inbox[0][0] <= now:
-            _, order, delivery = heapq.heappop(self._inbox)
-            try:
-                self.engine.handle_notification(delivery)
-            except RetryLater:
-                heapq.heappush(self._inbox, (now + RETRY_DELAY_NS, order, delivery))
-        for task in self.queue.pop_due(now - self.scenario.task_latency_ns):
-            try:
-                self.engine.handle_task(task.invocation_id, task.timer_id, task.name)
-            except RetryLater:
-                self.queue.requeue(dataclasses.replace(task, eta_ns=now + RETRY_DELAY_NS))
-        return True
 
     def run_until_final(self, invocation_id: int) -> Invocation:
         for _ in range(MAX_STEPS):

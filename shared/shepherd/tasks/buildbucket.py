@@ -18,6 +18,7 @@ from ..durations import SECOND
 from ..grpc_codes import RpcError
 from ..model import PubSubMessage, Status, TriggerRequest
 from ..ports import BuildsAPI
+from ..timestamps import parse_rfc3339
 from .base import Controller, TaskError, TransientError
 
 STATUS_CHECK_TIMER = "check-buildbucket-build-status"
@@ -299,7 +300,7 @@ class BuildbucketKind:
             ctl.log(f"Failed to schedule Buildbucket build - {e}")
             raise (TransientError if e.transient else TaskError)(str(e)) from e
         ctl.log("Scheduled build:\n" + json_block(build))
-        ctl.task_data = {"build_id": str(build["id"])}
+        ctl.task_data = {"build_id": str(build["id"]), "update_time": build.get("updateTime")}
         ctl.status = Status.RUNNING
         ctl.view_url = f"{url}/build/{build['id']}"
         ctl.log(f"Task URL: {ctl.view_url}")
@@ -326,8 +327,22 @@ class BuildbucketKind:
         return legacy if isinstance(legacy, str) and legacy else None
 
     def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
-        ctl.log("Received PubSub notification, asking Buildbucket for the build status")
-        self._check_status(ctl)
+        build = self._build_in(message) if ctl.settings.status_policy == "shepherd" else None
+        if (
+            build is None
+            or ctl.status is not Status.RUNNING
+            or build.get("id") != ctl.task_data.get("build_id")
+        ):
+            ctl.log("Received PubSub notification, asking Buildbucket for the build status")
+            self._check_status(ctl)
+            return
+        # The message is authentic (its signed userData names this invocation, and only
+        # Buildbucket may publish to the topic) and carries the whole build: no GetBuild needed.
+        if not self._is_news(ctl, build):
+            ctl.log("Received PubSub notification, nothing newer than what is known")
+            return
+        ctl.log(f"Received PubSub notification with the build as of {build['updateTime']}")
+        self._apply(ctl, build)
 
     def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
         if name == STATUS_CHECK_TIMER:
@@ -350,11 +365,41 @@ class BuildbucketKind:
             raise TaskError("could not parse TaskData: no build_id")
         return build_id
 
+    @staticmethod
+    def _build_in(message: PubSubMessage) -> dict[str, Any] | None:
+        """The build a v2 notification carries, if it has what a status check needs."""
+        try:
+            build = json.loads(message.data)["buildPubsub"]["build"]
+            parse_rfc3339(build["updateTime"])
+        except (ValueError, RecursionError, KeyError, TypeError):
+            return None
+        return build if isinstance(build.get("id"), str) and "status" in build else None
+
+    @staticmethod
+    def _is_news(ctl: Controller, build: dict[str, Any]) -> bool:
+        known = ctl.task_data.get("update_time")
+        return known is None or parse_rfc3339(build["updateTime"]) > parse_rfc3339(known)
+
     def _check_later(self, ctl: Controller) -> None:
-        if not ctl.status.final:
-            low, high = ctl.settings.status_check_min, ctl.settings.status_check_max
+        if ctl.status.final:
+            return
+        low, high = ctl.settings.status_check_min, ctl.settings.status_check_max
+        if ctl.settings.status_policy == "shepherd":
+            # Notifications bring the news; the check is the fallback that bounds staleness to
+            # status_check_max, so it comes exactly that late.
+            delay = high
+        else:
             delay = low + (self._rng.randrange(high - low) if high > low else 0)
-            ctl.add_timer(delay - delay % SECOND, STATUS_CHECK_TIMER)
+        ctl.add_timer(delay - delay % SECOND, STATUS_CHECK_TIMER)
+
+    def _apply(self, ctl: Controller, build: dict[str, Any]) -> None:
+        if "updateTime" in build:
+            ctl.task_data = {**ctl.task_data, "update_time": build["updateTime"]}
+        if (final := invocation_status(build, ctl.log)) is not None:
+            ctl.status = final
+            ctl.log("Build:\n" + json_block(build))
+        else:
+            ctl.log(f"Build status: {build.get('status')}")
 
     def _check_status(self, ctl: Controller) -> None:
         if ctl.status is Status.STARTING:
@@ -370,8 +415,4 @@ class BuildbucketKind:
                 raise TransientError(str(e)) from e
             ctl.status = Status.FAILED
             raise TaskError(str(e)) from e
-        if (final := invocation_status(build, ctl.log)) is not None:
-            ctl.status = final
-            ctl.log("Build:\n" + json_block(build))
-        else:
-            ctl.log(f"Build status: {build.get('status')}")
+        self._apply(ctl, build)
