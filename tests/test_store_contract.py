@@ -119,3 +119,35 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     reopened = SqliteStore(path)
     assert reopened.get(1) == invocation(1)
     assert reopened.read_log(1) == [LogEntry(1, "queued")]
+
+
+def test_read_then_commit_as_the_engine_does_exactly_one_racer_wins(store: Store) -> None:
+    store.create(invocation(1), [LogEntry(1, "queued")])
+    barrier = threading.Barrier(6)
+    wins: list[int] = []
+
+    def contender(n: int) -> None:
+        seen = store.get(1)  # each handler reads first, then commits on what it read
+        assert seen is not None
+        barrier.wait()
+        try:
+            store.commit(seen.evolve(mutation_count=1, view_url=str(n)), 0, [LogEntry(n, str(n))])
+            wins.append(n)
+        except ConflictError:
+            pass
+
+    threads = [threading.Thread(target=contender, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    stored = store.get(1)
+    assert stored is not None and stored.view_url == str(wins[0]) and stored.mutation_count == 1
+    assert [e.text for e in store.read_log(1)] == ["queued", str(wins[0])]
+    # A stale read cannot commit either, even after the winner is done.
+    again = stored.evolve(mutation_count=2)
+    store.commit(again, 1, [LogEntry(9, "next")])
+    with pytest.raises(ConflictError):
+        store.commit(stored.evolve(mutation_count=2, view_url="late"), 1, [LogEntry(10, "late")])
+    assert [e.text for e in store.read_log(1)][-1] == "next"

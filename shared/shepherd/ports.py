@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .model import Invocation, LogEntry, QueuedTask
+
+
+@dataclass
+class StoreStats:
+    """What a store did, in its own units (documents or rows), for benchmarks."""
+
+    reads: int = 0
+    writes: int = 0
+    transactions: int = 0
 
 
 class ConflictError(Exception):

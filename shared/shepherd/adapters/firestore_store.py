@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,12 +23,13 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from ..model import Invocation, LogEntry, Status
-from ..ports import ConflictError
+from ..ports import ConflictError, StoreStats
 
 INVOCATIONS = "invocations"
 REQUESTS = "requests"
 LOG = "log"
 ACTIVE = [Status.STARTING.value, Status.RUNNING.value]
+VERSIONS_KEPT = 10_000
 
 
 def request_doc_id(job_id: str, request_id: str) -> str:
@@ -65,6 +67,9 @@ class FirestoreStore:
     ) -> None:
         self._db = client
         self._retention_ns = retention_ns
+        # The update time of each invocation version get() read: commit()'s precondition.
+        self._versions: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self.stats = StoreStats()
         self._invocations = client.collection(prefix + INVOCATIONS)
         self._requests = client.collection(prefix + REQUESTS)
 
@@ -102,12 +107,23 @@ class FirestoreStore:
 
     def get(self, invocation_id: int) -> Invocation | None:
         snapshot = self._doc(invocation_id).get()
-        return _invocation(snapshot) if snapshot.exists else None
+        self.stats.reads += 1
+        if not snapshot.exists:
+            return None
+        invocation = _invocation(snapshot)
+        self._versions[(invocation.id, invocation.mutation_count)] = snapshot.update_time
+        while len(self._versions) > VERSIONS_KEPT:
+            self._versions.popitem(last=False)
+        return invocation
 
     def commit(
         self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]
     ) -> None:
         ref = self._doc(invocation.id)
+        version = self._versions.pop((invocation.id, expected_mutation_count), None)
+        if version is not None:
+            self._commit_if_unchanged(invocation, version, log)
+            return
 
         @firestore.transactional
         def run(txn: firestore.Transaction) -> None:
@@ -129,6 +145,32 @@ class FirestoreStore:
         except (gexc.Aborted, gexc.Conflict) as e:
             # Firestore gave up on contention after its own retries: someone else won.
             raise ConflictError(f"invocation {invocation.id}: {e}") from e
+        self.stats.reads += 1
+        self.stats.writes += 2 if log else 1
+        self.stats.transactions += 1
+
+    def _commit_if_unchanged(
+        self, invocation: Invocation, version: Any, log: Sequence[LogEntry]
+    ) -> None:
+        """One atomic batch, no read: the state write carries the update time that get()
+        saw as its precondition, so a change in between fails the whole batch."""
+        batch = self._db.batch()
+        batch.update(
+            self._doc(invocation.id),
+            _fields(invocation),
+            option=self._db.write_option(last_update_time=version),
+        )
+        if log:
+            batch.create(
+                self._log(invocation.id, invocation.mutation_count),
+                _log_doc(log, self._retention_ns),
+            )
+        try:
+            batch.commit()
+        except (gexc.FailedPrecondition, gexc.Aborted, gexc.Conflict, gexc.NotFound) as e:
+            raise ConflictError(f"invocation {invocation.id} was modified by someone else") from e
+        self.stats.writes += 2 if log else 1
+        self.stats.transactions += 1
 
     def read_log(self, invocation_id: int) -> list[LogEntry]:
         docs = self._doc(invocation_id).collection(LOG).order_by("__name__").stream()

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from ..model import Invocation, LogEntry
-from ..ports import ConflictError
+from ..ports import ConflictError, StoreStats
 from .sqlite_db import create_schema, transaction
 
 _SCHEMA = """
@@ -31,12 +31,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS invocations_request
 CREATE INDEX IF NOT EXISTS invocations_job ON invocations (job_id, created_ns DESC);
 CREATE INDEX IF NOT EXISTS invocations_active ON invocations (status)
     WHERE status IN ('STARTING', 'RUNNING');
-CREATE TABLE IF NOT EXISTS log_entries (
+CREATE TABLE IF NOT EXISTS log_lines (
     invocation_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
+    mutation_count INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
     time_ns INTEGER NOT NULL,
     text TEXT NOT NULL,
-    PRIMARY KEY (invocation_id, seq)
+    PRIMARY KEY (invocation_id, mutation_count, idx)
 );
 """
 
@@ -44,23 +45,27 @@ CREATE TABLE IF NOT EXISTS log_entries (
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
+        self.stats = StoreStats()
         create_schema(self._path, _SCHEMA)
 
     def _transaction(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._path, write)
 
-    @staticmethod
-    def _append_log(db: sqlite3.Connection, invocation_id: int, log: Sequence[LogEntry]) -> None:
+    def _append_log(
+        self, db: sqlite3.Connection, invocation: Invocation, log: Sequence[LogEntry]
+    ) -> None:
+        # Keyed by the change that wrote them, like Firestore's log chunks: no read needed.
         if not log:
             return
-        (start,) = db.execute(
-            "SELECT COALESCE(MAX(seq), -1) + 1 FROM log_entries WHERE invocation_id = ?",
-            (invocation_id,),
-        ).fetchone()
         db.executemany(
-            "INSERT INTO log_entries (invocation_id, seq, time_ns, text) VALUES (?, ?, ?, ?)",
-            [(invocation_id, start + i, e.time_ns, e.text) for i, e in enumerate(log)],
+            "INSERT INTO log_lines (invocation_id, mutation_count, idx, time_ns, text)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                (invocation.id, invocation.mutation_count, i, e.time_ns, e.text)
+                for i, e in enumerate(log)
+            ],
         )
+        self.stats.writes += 1
 
     @staticmethod
     def _row(invocation: Invocation) -> tuple[str, int, str]:
@@ -75,6 +80,7 @@ class SqliteStore:
                     "SELECT data FROM invocations WHERE job_id = ? AND request_id = ?",
                     (invocation.job_id, request_id),
                 ).fetchone()
+                self.stats.reads += 1
                 if found:
                     return Invocation.from_dict(json.loads(found[0]))
             db.execute(
@@ -90,13 +96,16 @@ class SqliteStore:
                     data,
                 ),
             )
-            self._append_log(db, invocation.id, log)
+            self._append_log(db, invocation, log)
+            self.stats.writes += 1
+            self.stats.transactions += 1
         return invocation
 
     def get(self, invocation_id: int) -> Invocation | None:
         with self._transaction() as db:
             row = db.execute("SELECT data FROM invocations WHERE id = ?", (invocation_id,))
             found = row.fetchone()
+        self.stats.reads += 1
         return Invocation.from_dict(json.loads(found[0])) if found else None
 
     def commit(
@@ -114,12 +123,15 @@ class SqliteStore:
                     f"invocation {invocation.id} was modified by someone else "
                     f"(expected mutation count {expected_mutation_count})"
                 )
-            self._append_log(db, invocation.id, log)
+            self._append_log(db, invocation, log)
+            self.stats.writes += 1
+            self.stats.transactions += 1
 
     def read_log(self, invocation_id: int) -> list[LogEntry]:
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT time_ns, text FROM log_entries WHERE invocation_id = ? ORDER BY seq",
+                "SELECT time_ns, text FROM log_lines WHERE invocation_id = ?"
+                " ORDER BY mutation_count, idx",
                 (invocation_id,),
             ).fetchall()
         return [LogEntry(t, text) for t, text in rows]
