@@ -11,7 +11,7 @@ IAC_VENV := .venv-iac
 IAC_STAMP := $(IAC_VENV)/.installed
 JOBS ?=
 
-.PHONY: run test soak lint install emulators chromium package screenshot clean
+.PHONY: run test soak bench lint install emulators chromium package screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ package: $(STAMP)
 
 test: lint emulators chromium
 	$(BIN)/pytest
+
+# Benchmarks (not tests): writes bench/results.json and bench/RESULTS.md.
+bench: $(STAMP) emulators
+	$(BIN)/python bench/run.py
 
 # The long variants: 1,000 invocations at once, 200 under SIGKILL, 400 model-based histories.
 soak: $(STAMP)

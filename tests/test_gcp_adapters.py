@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -79,3 +80,35 @@ def test_topic_is_created_once_and_prepared_once_per_publisher(
     assert calls == first, "a prepared publisher costs no call"
     topic.prepare("buildbucket", "https://other.appspot.com")
     assert len(calls) > len(first)
+
+
+def test_functions_import_only_the_google_libraries_they_use(
+    firestore_emulator: Emulator, tmp_path: object
+) -> None:
+    """The api function answers on Firestore alone: Cloud Tasks and Pub/Sub stay unimported."""
+    import subprocess
+    import sys
+
+    from localstack import write_jobs
+
+    jobs = write_jobs(Path(str(tmp_path)) / "jobs.toml", "cr-buildbucket.appspot.com")
+    code = (
+        "import sys; from shepherd.service import get_service; s = get_service(); "
+        "s.engine.store.list_invocations('chromium/Windows deterministic'); "
+        "print(sorted(m for m in ('google.cloud.firestore', 'google.cloud.tasks_v2', "
+        "'google.cloud.pubsub_v1') if m in sys.modules))"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "SHEPHERD_JOBS": str(jobs),
+        "SHEPHERD_TASKS_QUEUE": QUEUE,
+        "SHEPHERD_TOPIC": f"projects/{PROJECT}/topics/t-lazy",
+        "SHEPHERD_TASKS_SERVICE_ACCOUNT": "invoker@p.iam.gserviceaccount.com",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['google.cloud.firestore']"

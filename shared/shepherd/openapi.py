@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schemas import MAX_BODY_BYTES, TriggerBody
+from .schemas import TriggerBody
+from .web import MAX_BODY_BYTES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 

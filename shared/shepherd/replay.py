@@ -27,6 +27,7 @@ from .durations import SECOND, parse_duration
 from .engine import Engine, RetryLater
 from .jobs import parse_jobs
 from .model import Invocation, PubSubMessage
+from .ports import Store
 from .schemas import TriggerBody
 from .signing import TokenSigner
 from .simulator.control import SimulatorProcess
@@ -83,7 +84,13 @@ class ReplayResult:
 class VirtualStack:
     """The engine wired to the simulator in virtual time, and the driver that moves it."""
 
-    def __init__(self, scenario: Scenario, state_path: str | Path, sim: SimulatorProcess) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        state_path: str | Path,
+        sim: SimulatorProcess,
+        store: Store | None = None,
+    ) -> None:
         self.scenario = scenario
         self.sim = sim
         self.jobs = parse_jobs(scenario.jobs, f"scenario {scenario.name}", CONFIG_MODELS)
@@ -95,7 +102,7 @@ class VirtualStack:
         self.client = PrpcBuildsClient(
             self.clock, endpoints={server: sim.url for server in servers}
         )
-        self.store = SqliteStore(state_path)
+        self.store = store or SqliteStore(state_path)
         self.engine = Engine(
             jobs=self.jobs,
             kinds=make_kinds(self.client, rng),

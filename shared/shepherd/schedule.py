@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from croniter import croniter
-
 from .durations import SECOND, parse_duration
 
 _INTERVAL = re.compile(r"^with\s+(\S+)\s+interval$")
@@ -24,6 +22,8 @@ class Schedule:
 
     def latest_tick(self, now_ns: int) -> int:
         """The last cron time at or before now (cron schedules only)."""
+        from croniter import croniter  # only jobs with a cron schedule pay for the import
+
         now = datetime.fromtimestamp(now_ns / 1e9, UTC)
         if croniter.match(self.text, now.replace(second=0, microsecond=0)) and now.second == 0:
             return now_ns - now_ns % (60 * SECOND)
@@ -38,6 +38,8 @@ def parse_schedule(text: str) -> Schedule:
         if interval < 60 * SECOND:
             raise ValueError(f'the interval in "{text}" must be at least 1m')
         return Schedule(text, interval)
+    from croniter import croniter
+
     if not croniter.is_valid(text):
         raise ValueError(f'"{text}" is neither a cron expression nor "with <duration> interval"')
     return Schedule(text)

@@ -8,8 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from .model import GitilesTrigger, TriggerRequest
 
-MAX_BODY_BYTES = 1 << 20  # larger request bodies get 413
-
 
 class GitilesBody(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .adapters.buildbucket_prpc import PrpcBuildsClient
 from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
@@ -23,6 +25,7 @@ from .clock import RealClock
 from .durations import parse_duration
 from .engine import Engine
 from .jobs import ConfigError, JobsFile, load_jobs
+from .model import QueuedTask
 from .ports import NotificationTopic, Store, TimerQueue
 from .signing import NoKeySigner, Signer, TokenSigner, load_or_create_key
 from .tasks.registry import CONFIG_MODELS, make_kinds
@@ -75,31 +78,73 @@ def _timer_auth(key: bytes | None) -> tuple[TimerAuth, dict[str, str]]:
     return auth, auth.headers()
 
 
-def _google_cloud(
-    project: str, timer_headers: dict[str, str]
-) -> tuple[Store, TimerQueue, NotificationTopic]:
-    from google.cloud import firestore, pubsub_v1
+class _OnFirstUse:
+    """Builds an adapter, and imports its Google Cloud library, when first used: each library
+    costs 0.2 s or more to import, and most functions never need most of them."""
 
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+            return self._made
+
+
+class _LazyQueue(_OnFirstUse):
+    def schedule(self, tasks: Sequence[QueuedTask]) -> None:
+        if tasks:
+            self._get().schedule(tasks)
+
+
+class _LazyTopic(_OnFirstUse):
+    def prepare(self, manager: str, publisher: str) -> str:
+        return self._get().prepare(manager, publisher)
+
+
+def _cloud_tasks(timer_headers: dict[str, str]) -> TimerQueue:
     from .adapters.cloud_tasks import CloudTasksQueue, make_client
-    from .adapters.firestore_store import FirestoreStore
-    from .adapters.pubsub_topic import PubSubTopic
 
+    emulator = os.environ.get("CLOUD_TASKS_EMULATOR_HOST")
     queue = CloudTasksQueue(
-        make_client(os.environ.get("CLOUD_TASKS_EMULATOR_HOST")),
+        make_client(emulator),
         _env("SHEPHERD_TASKS_QUEUE"),
         os.environ.get("SHEPHERD_TIMER_URL") or DEFAULT_TIMER_URL,
         os.environ.get("SHEPHERD_TASKS_SERVICE_ACCOUNT"),
         timer_headers,
     )
-    if os.environ.get("CLOUD_TASKS_EMULATOR_HOST"):
+    if emulator:
         queue.ensure_queue()
-    topic = PubSubTopic(pubsub_v1.PublisherClient(), _env("SHEPHERD_TOPIC"))
+    return queue
+
+
+def _pubsub_topic() -> NotificationTopic:
+    from google.cloud import pubsub_v1
+
+    from .adapters.pubsub_topic import PubSubTopic
+
+    return PubSubTopic(pubsub_v1.PublisherClient(), _env("SHEPHERD_TOPIC"))
+
+
+def _google_cloud(
+    project: str, timer_headers: dict[str, str]
+) -> tuple[Store, TimerQueue, NotificationTopic]:
+    from google.cloud import firestore
+
+    from .adapters.firestore_store import FirestoreStore
+
+    _env("SHEPHERD_TASKS_QUEUE")  # refuse a missing setting at start, not at first use
+    _env("SHEPHERD_TOPIC")
     retention = os.environ.get("SHEPHERD_LOG_RETENTION")
     store = FirestoreStore(
         firestore.Client(project=project),
         retention_ns=parse_duration(retention) if retention else None,
     )
-    return store, queue, topic
+    queue = _LazyQueue(lambda: _cloud_tasks(timer_headers))
+    return store, queue, _LazyTopic(_pubsub_topic)
 
 
 def build_service() -> Service:

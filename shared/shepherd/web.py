@@ -13,24 +13,27 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cloudevents.http import CloudEvent
 from flask import Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
-from . import openapi, webpage
 from .auth import Unauthorized
-from .cron import run_schedules
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
 from .model import Invocation, PubSubMessage
-from .schemas import MAX_BODY_BYTES, TriggerBody
 from .service import get_service
 from .timestamps import format_rfc3339
 
+if TYPE_CHECKING:
+    from cloudevents.http import CloudEvent
+
+# Each function imports what only it needs when it first needs it: cold starts stay short.
+
 log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20  # larger request bodies get 413
 
 _INT64_MAX = 2**63 - 1
 
@@ -131,6 +134,8 @@ def invocation_json(inv: Invocation) -> dict[str, Any]:
 
 @_guarded
 def trigger(request: Request) -> Response:
+    from .schemas import TriggerBody
+
     _require(request, "POST")
     body = TriggerBody.model_validate(_body(request))
     try:
@@ -214,6 +219,8 @@ def on_build_notification(event: CloudEvent) -> None:
 @_guarded
 def scheduler(request: Request) -> Response:
     """One tick of the cron schedules (Cloud Scheduler calls it every minute)."""
+    from .cron import run_schedules
+
     _require(request, "POST")
     engine = get_service().engine
     results = run_schedules(engine, engine.clock.now_ns())
@@ -231,8 +238,10 @@ def api(request: Request) -> Response:
         _require(request, "GET")
         return _html_page(request)
     if parts == ["openapi.json"]:
+        from .openapi import document
+
         _require(request, "GET")
-        return _json(200, openapi.document())
+        return _json(200, document())
     if parts[0] == "invocations" and len(parts) in (2, 3):
         invocation_id = _invocation_id(parts[1])
         action = parts[2] if len(parts) == 3 else ""
@@ -267,6 +276,8 @@ def api(request: Request) -> Response:
 
 
 def _html_page(request: Request) -> Response:
+    from . import webpage
+
     engine = get_service().engine
     now = engine.clock.now_ns()
     wanted = request.args.get("invocation")

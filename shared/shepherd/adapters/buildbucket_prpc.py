@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
 from ..durations import MILLISECOND, SECOND
 from ..grpc_codes import Code, RpcError
 from ..tasks.buildbucket import server_url
+
+if TYPE_CHECKING:
+    import httpx
 
 SERVICE = "buildbucket.v2.Builds"
 XSSI_PREFIX = b")]}'"
@@ -61,10 +63,23 @@ class PrpcBuildsClient:
         self._endpoints = dict(endpoints or {})
         self._attempts = attempts
         self._backoff_ns = backoff_ns
-        self._http = http or httpx.Client(timeout=timeout_s)
+        self._timeout_s = timeout_s
+        self._http = http
+        self._lock = threading.Lock()
+
+    def _client(self) -> httpx.Client:
+        # Made on the first call: httpx and its TLS context cost ~60 ms, which a function
+        # that never calls Buildbucket (api, trigger) should not pay at cold start.
+        with self._lock:
+            if self._http is None:
+                import httpx
+
+                self._http = httpx.Client(timeout=self._timeout_s)
+            return self._http
 
     def close(self) -> None:
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
 
     def call(self, server: str, method: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self._endpoints.get(server, server_url(server))}/prpc/{SERVICE}/{method}"
@@ -80,8 +95,10 @@ class PrpcBuildsClient:
         raise AssertionError("unreachable")
 
     def _call_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
         try:
-            response = self._http.post(
+            response = self._client().post(
                 url,
                 content=json.dumps(body).encode(),
                 headers={"Content-Type": "application/json", "Accept": "application/json"},

@@ -103,7 +103,12 @@ class FirestoreStore:
                 )
             return invocation
 
-        return run(self._db.transaction())
+        created = run(self._db.transaction())
+        self.stats.transactions += 1
+        self.stats.reads += 1 if request_ref is not None else 0
+        if created is invocation:
+            self.stats.writes += 1 + (request_ref is not None) + bool(log)
+        return created
 
     def get(self, invocation_id: int) -> Invocation | None:
         snapshot = self._doc(invocation_id).get()
@@ -111,9 +116,7 @@ class FirestoreStore:
         if not snapshot.exists:
             return None
         invocation = _invocation(snapshot)
-        self._versions[(invocation.id, invocation.mutation_count)] = snapshot.update_time
-        while len(self._versions) > VERSIONS_KEPT:
-            self._versions.popitem(last=False)
+        self._remember(invocation, snapshot.update_time)
         return invocation
 
     def commit(
@@ -166,11 +169,18 @@ class FirestoreStore:
                 _log_doc(log, self._retention_ns),
             )
         try:
-            batch.commit()
+            results = batch.commit()
         except (gexc.FailedPrecondition, gexc.Aborted, gexc.Conflict, gexc.NotFound) as e:
             raise ConflictError(f"invocation {invocation.id} was modified by someone else") from e
         self.stats.writes += 2 if log else 1
         self.stats.transactions += 1
+        # The next change of this event (a launch saves twice) needs no read either.
+        self._remember(invocation, results[0].update_time)
+
+    def _remember(self, invocation: Invocation, update_time: Any) -> None:
+        self._versions[(invocation.id, invocation.mutation_count)] = update_time
+        while len(self._versions) > VERSIONS_KEPT:
+            self._versions.popitem(last=False)
 
     def read_log(self, invocation_id: int) -> list[LogEntry]:
         docs = self._doc(invocation_id).collection(LOG).order_by("__name__").stream()

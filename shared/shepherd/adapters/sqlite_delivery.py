@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ..clock import Clock
 from ..durations import MILLISECOND, SECOND
 from ..model import QueuedTask
@@ -183,6 +181,8 @@ class Deliverer:
         self._timer_headers = timer_headers or {}
         self._urls = {TIMER: base_url + "/on-timer", PUSH: base_url + "/on-build-notification"}
         self._clock = clock
+        import httpx  # only the local stack delivers; deployed functions never import it
+
         self._http = httpx.Client(timeout=120)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="delivery")
         self._stop = threading.Event()
@@ -234,6 +234,8 @@ class Deliverer:
         }
 
     def _deliver(self, item: Delivery) -> None:
+        import httpx
+
         try:
             response = self._http.post(
                 self._urls[item.target], json=item.body, headers=self._headers(item)

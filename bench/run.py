@@ -1,0 +1,502 @@
+"""`make bench`: every benchmark of shepherd, written to bench/results.json and bench/RESULTS.md.
+
+Benchmarks, not tests: nothing here passes or fails on speed. Each figure is measured in the
+same run as its baseline (LUCI's status policy, a functions-framework hello world).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test suite's process helpers (local stack, emulators)
+
+from emulators import PROJECT, clear_firestore, start_firestore  # noqa: E402
+from localstack import JOB, SECRET, DevProcess, write_jobs  # noqa: E402
+from shepherd.durations import HOUR, SECOND, format_duration  # noqa: E402
+from shepherd.ports import StoreStats  # noqa: E402
+from shepherd.replay import VirtualStack, load_scenario  # noqa: E402
+from shepherd.signing import TokenSigner  # noqa: E402
+from shepherd.simulator.control import SimulatorProcess  # noqa: E402
+from shepherd.timestamps import parse_rfc3339  # noqa: E402
+
+OUT = ROOT / "bench"
+POLICIES = ("luci", "shepherd")
+DURATIONS_H = (1, 6, 12)
+DROPS = (0.0, 0.5, 1.0)
+SEEDS = (1, 2, 3)
+
+
+def scenario(policy: str, hours: float, drop: float, seed: int) -> Any:
+    seed_scenario = load_scenario("seed")
+    settings = {**seed_scenario.jobs["settings"], "status_policy": policy}
+    script = [
+        {"status": "SCHEDULED", "for": "2m"},
+        {"status": "STARTED", "for": format_duration(int(hours * HOUR))},
+        {"status": "SUCCESS"},
+    ]
+    return dataclasses.replace(
+        seed_scenario,
+        seed=seed,
+        jobs={**seed_scenario.jobs, "settings": settings},
+        simulator={"script": script, "drop_notifications": drop, "seed": seed},
+    )
+
+
+# --- 1. Buildbucket calls per build-hour -------------------------------------------------
+
+
+def calls_per_build_hour(sim: SimulatorProcess, workdir: Path) -> dict[str, Any]:
+    rows = []
+    for hours in DURATIONS_H:
+        for drop in DROPS:
+            figures: dict[str, dict[str, float]] = {}
+            for policy in POLICIES:
+                calls, staleness = [], []
+                for seed in SEEDS:
+                    stack = VirtualStack(
+                        scenario(policy, hours, drop, seed),
+                        workdir / f"calls-{policy}-{hours}-{drop}-{seed}.db",
+                        sim,
+                    )
+                    final = stack.run_until_final(stack.trigger().id)
+                    stack.close()
+                    state = sim.state()
+                    calls.append(state["calls"]["ScheduleBuild"] + state["calls"]["GetBuild"])
+                    end = parse_rfc3339(state["builds"][0]["endTime"])
+                    assert final.finished_ns is not None
+                    staleness.append((final.finished_ns - end) / SECOND)
+                build_hours = hours + 2 / 60
+                figures[policy] = {
+                    "calls_per_build_hour": statistics.mean(calls) / build_hours,
+                    "worst_staleness_s": max(staleness),
+                }
+            rows.append(
+                {
+                    "build_hours": hours,
+                    "notifications_dropped": drop,
+                    **{f"{p}_{k}": v for p, f in figures.items() for k, v in f.items()},
+                    "ratio": figures["shepherd"]["calls_per_build_hour"]
+                    / figures["luci"]["calls_per_build_hour"],
+                }
+            )
+    return {"status_check_max_s": 600, "runs_per_cell": len(SEEDS), "rows": rows}
+
+
+# --- 2. Store operations per event ------------------------------------------------------
+
+
+def _count_events(stack: VirtualStack) -> dict[str, StoreStats]:
+    """Wraps the engine's entry points to attribute the store's work to each kind of event."""
+    per_event: dict[str, StoreStats] = defaultdict(StoreStats)
+    counts: dict[str, int] = defaultdict(int)
+    stats: StoreStats = stack.store.stats  # type: ignore[attr-defined]
+
+    def wrap(name: str, fn: Callable[..., Any], kind: Callable[..., str]) -> None:
+        def counted(*args: Any) -> Any:
+            before = dataclasses.replace(stats)
+            try:
+                return fn(*args)
+            finally:
+                event = kind(*args)
+                counts[event] += 1
+                total = per_event[event]
+                total.reads += stats.reads - before.reads
+                total.writes += stats.writes - before.writes
+                total.transactions += stats.transactions - before.transactions
+
+        setattr(stack.engine, name, counted)
+
+    wrap("trigger", stack.engine.trigger, lambda *_: "trigger")
+    wrap("handle_notification", stack.engine.handle_notification, lambda *_: "notification")
+    wrap(
+        "handle_task",
+        stack.engine.handle_task,
+        lambda _inv, _tid, name: "start" if name == "start-invocation" else "timer",
+    )
+    stack.event_counts = counts  # type: ignore[attr-defined]
+    return per_event
+
+
+def store_ops(sim: SimulatorProcess, workdir: Path) -> dict[str, Any]:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import firestore
+
+    from shepherd.adapters.firestore_store import FirestoreStore
+
+    results: dict[str, Any] = {}
+    emulator = start_firestore(workdir)
+    try:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+        clear_firestore(emulator.host)
+        client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+        for name, store in (("sqlite", None), ("firestore", FirestoreStore(client))):
+            stack = VirtualStack(
+                scenario("shepherd", 1, 0.0, 1), workdir / f"ops-{name}.db", sim, store
+            )
+            per_event = _count_events(stack)
+            stack.run_until_final(stack.trigger().id)
+            stack.close()
+            counts = stack.event_counts  # type: ignore[attr-defined]
+            results[name] = {
+                event: {
+                    "events": counts[event],
+                    "reads": s.reads / counts[event],
+                    "writes": s.writes / counts[event],
+                    "transactions": s.transactions / counts[event],
+                }
+                for event, s in per_event.items()
+            }
+    finally:
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+        emulator.stop()
+    return results
+
+
+# --- 3. Cold start ----------------------------------------------------------------------
+
+HELLO = """import functions_framework
+
+
+@functions_framework.http
+def hello(request):
+    return "hello"
+"""
+
+
+def _first_answer_s(venv: Path, source: Path, target: str, path: str, env: dict[str, str]) -> float:
+    from emulators import free_port
+
+    port = free_port()
+    cmd = [str(venv / "bin" / "functions-framework"), "--source", str(source)]
+    cmd += ["--target", target, "--host", "127.0.0.1", "--port", str(port)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.TransportError:
+                time.sleep(0.005)
+            if time.perf_counter() - started > 60:
+                raise RuntimeError(f"{target} did not answer")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def cold_start(sim: SimulatorProcess, workdir: Path, runs: int = 7) -> dict[str, Any]:
+    """What Cloud Functions runs: the `make package` archive, in a virtualenv that has only its
+    requirements.txt, against a hello world in the same virtualenv."""
+    from shepherd.package import build
+
+    jobs = write_jobs(workdir / "cold-jobs.toml", sim.url)
+    archive, deployed = workdir / "functions.zip", workdir / "deployed"
+    build(archive, jobs, ROOT / "functions" / "main.py")
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(deployed)
+    venv = workdir / "deploy-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [
+        str(venv / "bin" / "pip"),
+        "install",
+        "--quiet",
+        "-r",
+        str(deployed / "requirements.txt"),
+    ]
+    subprocess.run(pip, check=True, capture_output=True)
+    hello = workdir / "hello" / "main.py"
+    hello.parent.mkdir()
+    hello.write_text(HELLO)
+    env = {
+        "SHEPHERD_JOBS": str(deployed / "jobs.toml"),
+        "SHEPHERD_STATE": str(workdir / "cold.db"),
+        "SHEPHERD_SECRET": SECRET,
+        "PYTHONPATH": str(deployed),
+    }
+    job_path = "/jobs/chromium%2FWindows%20deterministic/invocations"
+    samples: dict[str, list[float]] = {"hello": [], "shepherd_api": []}
+    for _ in range(runs):  # interleaved, so both see the same machine
+        samples["hello"].append(_first_answer_s(venv, hello, "hello", "/", {}))
+        samples["shepherd_api"].append(
+            _first_answer_s(venv, deployed / "main.py", "api", job_path, env)
+        )
+    out: dict[str, Any] = {
+        name: {"min_s": min(v), "median_s": statistics.median(v)} for name, v in samples.items()
+    }
+    out["ratio_median"] = out["shepherd_api"]["median_s"] / out["hello"]["median_s"]
+    out["runs"] = runs
+    return out
+
+
+# --- 4. Throughput and latency through the local stack ------------------------------------
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def throughput(sim: SimulatorProcess, workdir: Path, invocations: int = 300) -> dict[str, Any]:
+    dev = DevProcess(
+        workdir / "tp", write_jobs(_mkdir(workdir / "tp") / "jobs.toml", sim.url)
+    ).start()
+    try:
+        # Builds that are over at once: trigger -> start -> ScheduleBuild answers SUCCESS.
+        sim.configure({"publish_url": dev.url, "script": [{"status": "SUCCESS"}]})
+        started = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            ids = list(pool.map(lambda n: dev.trigger(request_id=f"tp-{n}"), range(invocations)))
+        pending = set(ids)
+        while pending:
+            pending = {i for i in pending if dev.invocation(i)["status"] != "SUCCEEDED"}
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+
+        # Notification handling: the time from a push's arrival to its committed state (the
+        # handler answers after the commit), for a running invocation.
+        long = [
+            {"status": "SCHEDULED", "for": "100ms"},
+            {"status": "STARTED", "for": "1h"},
+            {"status": "SUCCESS"},
+        ]
+        sim.configure({"publish_url": dev.url, "script": long, "drop_notifications": 1.0})
+        running = dev.trigger()
+        dev.wait_for(running, {"RUNNING"})
+        token = TokenSigner(SECRET.encode()).sign(JOB, int(running))
+        body = {"userData": base64.b64encode(token.encode()).decode()}
+        latencies = []
+        for n in range(300):
+            t0 = time.perf_counter()
+            status = dev.push(body, f"lat-{n}").status_code
+            if status == 200:
+                latencies.append(time.perf_counter() - t0)
+        latencies.sort()
+
+        # How many running invocations one process holds, and what each costs in memory.
+        idle = _rss(dev._proc.pid)  # type: ignore[union-attr]
+        many = 500
+        with ThreadPoolExecutor(16) as pool:
+            held = list(pool.map(lambda n: dev.trigger(request_id=f"held-{n}"), range(many)))
+        for invocation_id in held:
+            dev.wait_for(invocation_id, {"RUNNING"}, timeout_s=120)
+        busy = _rss(dev._proc.pid)  # type: ignore[union-attr]
+    finally:
+        dev.stop()
+    return {
+        "invocations": invocations,
+        "invocations_per_s": invocations / elapsed,
+        "notification_commit_p50_ms": 1000 * latencies[len(latencies) // 2],
+        "notification_commit_p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1],
+        "notifications_measured": len(latencies),
+        "running_held": many,
+        "rss_idle_mib": idle / 2**20,
+        "rss_with_running_mib": busy / 2**20,
+        "memory_per_running_invocation_kib": (busy - idle) / many / 1024,
+    }
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- 5. Virtual-time replay of the seed --------------------------------------------------
+
+
+def replay_wall_time(workdir: Path, runs: int = 5) -> dict[str, Any]:
+    samples = []
+    for n in range(runs):
+        cmd = [
+            sys.executable,
+            "-m",
+            "shepherd.cli",
+            "replay",
+            "seed",
+            "--state",
+            str(workdir / f"seed-{n}.db"),
+        ]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        samples.append(time.perf_counter() - t0)
+    return {"runs": runs, "min_s": min(samples), "median_s": statistics.median(samples)}
+
+
+# --- 6. Cost model ------------------------------------------------------------------------
+
+# Google Cloud list prices (USD) as recorded on 2026-11-25 from the public pricing pages of
+# Cloud Run functions (tier 1), Firestore (regional), Cloud Tasks and Pub/Sub, before free tiers.
+PRICES = {
+    "recorded": "2026-11-25",
+    "function_request": 0.40 / 1e6,
+    "function_vcpu_second": 0.000024,
+    "function_gib_second": 0.0000025,
+    "firestore_read": 0.03 / 1e5,
+    "firestore_write": 0.09 / 1e5,
+    "firestore_gib_month": 0.15,
+    "cloud_tasks_operation": 0.40 / 1e6,
+    "pubsub_tib": 40.0,
+}
+FUNCTION_VCPU, FUNCTION_GIB, HANDLER_S = 0.333, 0.5, 0.1  # 512 MiB function, 100 ms billed
+
+
+def cost_model(calls: dict[str, Any], ops: dict[str, Any]) -> dict[str, Any]:
+    """1,000 six-hour invocations, from the counted events and store operations."""
+    out: dict[str, Any] = {
+        "prices": PRICES,
+        "assumptions": {
+            "handler_billed_s": HANDLER_S,
+            "function_vcpu": FUNCTION_VCPU,
+            "function_gib": FUNCTION_GIB,
+            "notifications_per_build": 2,
+            "log_bytes_per_event": 300,
+            "message_bytes": 2048,
+        },
+    }
+    per_event = ops["firestore"]
+    six_hours = next(
+        r for r in calls["rows"] if r["build_hours"] == 6 and r["notifications_dropped"] == 0
+    )
+    for policy in POLICIES:
+        # Events per invocation: trigger, start, 2 notifications, and the timers, which are the
+        # build's calls minus ScheduleBuild minus (for LUCI) one GetBuild per notification.
+        calls_per_inv = six_hours[f"{policy}_calls_per_build_hour"] * (6 + 2 / 60)
+        timers = calls_per_inv - 1 - (2 if policy == "luci" else 0)
+        events = {"trigger": 1, "start": 1, "notification": 2, "timer": timers}
+        n = 1000
+        function_calls = n * sum(events.values())
+        reads = n * sum(count * per_event.get(e, {}).get("reads", 1) for e, count in events.items())
+        writes = n * sum(
+            count * per_event.get(e, {}).get("writes", 2) for e, count in events.items()
+        )
+        storage_gib = n * sum(events.values()) * 300 / 2**30
+        cost = {
+            "function_requests": function_calls * PRICES["function_request"],
+            "function_compute": function_calls
+            * HANDLER_S
+            * (
+                FUNCTION_VCPU * PRICES["function_vcpu_second"]
+                + FUNCTION_GIB * PRICES["function_gib_second"]
+            ),
+            "firestore_reads": reads * PRICES["firestore_read"],
+            "firestore_writes": writes * PRICES["firestore_write"],
+            "firestore_storage_month": storage_gib * PRICES["firestore_gib_month"],
+            "cloud_tasks": n * (timers + 1) * PRICES["cloud_tasks_operation"],
+            "pubsub": n * 2 * 2048 / 2**40 * PRICES["pubsub_tib"],
+        }
+        out[policy] = {
+            "events_per_invocation": events,
+            "cost_usd": cost,
+            "total_usd": sum(cost.values()),
+        }
+    out["ratio"] = out["shepherd"]["total_usd"] / out["luci"]["total_usd"]
+    return out
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {results['when']} on {results['machine']}; `make bench` took {results['seconds']:.0f} s.",
+        "",
+        "| figure | ours | baseline (same run) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for row in results["calls"]["rows"]:
+        lines.append(
+            f"| Buildbucket calls per build-hour, {row['build_hours']} h build, "
+            f"{row['notifications_dropped']:.0%} notifications dropped "
+            f"(worst staleness ours / LUCI: {row['shepherd_worst_staleness_s']:.0f} s / "
+            f"{row['luci_worst_staleness_s']:.0f} s) "
+            f"| {row['shepherd_calls_per_build_hour']:.1f} | LUCI policy {row['luci_calls_per_build_hour']:.1f} "
+            f"| {row['ratio']:.2f} |"
+        )
+    for store, events in results["store_ops"].items():
+        for event, f in sorted(events.items()):
+            lines.append(
+                f"| {store} store per {event} ({f['events']} events): reads / writes / transactions "
+                f"| {f['reads']:.2f} / {f['writes']:.2f} / {f['transactions']:.2f} | goal ≤ 1 / ≤ 2 / 1 | — |"
+            )
+    cold = results["cold_start"]
+    lines.append(
+        f"| cold start to first answer, median (min) of {cold['runs']} | {cold['shepherd_api']['median_s']:.2f} s "
+        f"({cold['shepherd_api']['min_s']:.2f} s) | hello world {cold['hello']['median_s']:.2f} s "
+        f"({cold['hello']['min_s']:.2f} s) | {cold['ratio_median']:.2f} |"
+    )
+    tp = results["throughput"]
+    lines += [
+        f"| throughput, trigger to SUCCEEDED, {tp['invocations']} invocations | "
+        f"{tp['invocations_per_s']:.1f} /s | — | — |",
+        f"| notification arrival to committed state, p50 / p99 ({tp['notifications_measured']} pushes) | "
+        f"{tp['notification_commit_p50_ms']:.1f} / {tp['notification_commit_p99_ms']:.1f} ms | — | — |",
+        f"| memory per running invocation ({tp['running_held']} held in one process) | "
+        f"{tp['memory_per_running_invocation_kib']:.1f} KiB (RSS {tp['rss_idle_mib']:.0f} → "
+        f"{tp['rss_with_running_mib']:.0f} MiB) | — | — |",
+    ]
+    rp = results["replay"]
+    lines.append(
+        f"| seed replay (5h46m build) wall time, median (min) of {rp['runs']} | {rp['median_s']:.2f} s "
+        f"({rp['min_s']:.2f} s) | goal < 2 s | — |"
+    )
+    cost = results["cost"]
+    lines.append(
+        f"| cost of 1,000 six-hour invocations (prices of {cost['prices']['recorded']}) | "
+        f"${cost['shepherd']['total_usd']:.2f} | LUCI policy ${cost['luci']['total_usd']:.2f} | {cost['ratio']:.2f} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+    with tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
+        workdir = Path(tmp)
+        steps = [
+            ("calls", lambda: calls_per_build_hour(sim, workdir)),
+            ("store_ops", lambda: store_ops(sim, workdir)),
+            ("cold_start", lambda: cold_start(sim, workdir)),
+            ("throughput", lambda: throughput(sim, workdir)),
+            ("replay", lambda: replay_wall_time(workdir)),
+        ]
+        for name, step in steps:
+            t0 = time.perf_counter()
+            results[name] = step()
+            print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    results["cost"] = cost_model(results["calls"], results["store_ops"])
+    results["seconds"] = time.perf_counter() - started
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "RESULTS.md").write_text(markdown(results))
+    print((OUT / "RESULTS.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
