@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
+from shepherd.adapters.sqlite_store import SqliteStore
+from shepherd.clock import VirtualClock
 from shepherd.durations import SECOND
+from shepherd.engine import Engine
+from shepherd.jobs import parse_jobs
 from shepherd.model import PubSubMessage, Status
+from shepherd.signing import TokenSigner
 from shepherd.tasks.base import Controller
+from shepherd.tasks.registry import CONFIG_MODELS
 
 
 class SleepConfig(BaseModel):
@@ -38,3 +47,26 @@ class SleepKind:
 
     def abort(self, ctl: Controller) -> None:
         pass
+
+
+def sleep_engine(
+    tmp_path: Path, start_ns: int = 0, **job: Any
+) -> tuple[Engine, VirtualClock, VirtualTimerQueue]:
+    """An engine that knows only SleepKind, with job "infra/nap", in virtual time."""
+    jobs = parse_jobs(
+        {"jobs": [{"id": "infra/nap", "kind": "sleep", **job}]},
+        "jobs.toml",
+        {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
+    )
+    clock, queue = VirtualClock(start_ns), VirtualTimerQueue()
+    engine = Engine(
+        jobs=jobs,
+        kinds={SleepKind.name: SleepKind()},
+        store=SqliteStore(tmp_path / "s.db"),
+        queue=queue,
+        topic=EmbeddedTopic("test"),
+        clock=clock,
+        signer=TokenSigner(b"k" * 32),
+        rng=random.Random(1),
+    )
+    return engine, clock, queue

@@ -15,6 +15,13 @@ from typing import Any
 import httpx
 
 FINAL = {"SUCCEEDED", "FAILED", "ABORTED"}
+# Simulator scripts: a build over in 1.8 s (its final step appended), and one that runs long.
+QUICK = [{"status": "SCHEDULED", "for": "300ms"}, {"status": "STARTED", "for": "1500ms"}]
+LONG = [
+    {"status": "SCHEDULED", "for": "300ms"},
+    {"status": "STARTED", "for": "10m"},
+    {"status": "SUCCESS"},
+]
 SECRET = "local-stack-test-secret-0123456789"
 JOB = "chromium/Windows deterministic"
 BUILDSET = (

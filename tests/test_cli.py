@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from localstack import JOB, DevProcess, write_jobs
+from localstack import JOB, LONG, QUICK, DevProcess, write_jobs
 from shepherd.simulator.control import SimulatorProcess
 
 REPO = "https://chromium.googlesource.com/chromium/src"
 REV = "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
-QUICK = [{"status": "SCHEDULED", "for": "300ms"}, {"status": "STARTED", "for": "1500ms"}]
-LONG = [
-    {"status": "SCHEDULED", "for": "300ms"},
-    {"status": "STARTED", "for": "10m"},
-    {"status": "SUCCESS"},
-]
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kinds import SleepKind
-from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
-from shepherd.adapters.sqlite_store import SqliteStore
+from kinds import SleepKind, sleep_engine
+from shepherd.adapters.embedded import VirtualTimerQueue
 from shepherd.clock import VirtualClock
 from shepherd.cron import run_schedules
 from shepherd.durations import HOUR, MINUTE, SECOND
@@ -18,30 +16,13 @@ from shepherd.engine import Engine
 from shepherd.jobs import ConfigError, parse_jobs
 from shepherd.model import Status
 from shepherd.schedule import parse_schedule
-from shepherd.signing import TokenSigner
 from shepherd.tasks.registry import CONFIG_MODELS
 
 T0 = 1_700_000_000 * SECOND - 1_700_000_000 * SECOND % (6 * HOUR)  # 18:00 UTC, a 6-hour tick
 
 
 def engine(tmp_path: Path, **job: Any) -> tuple[Engine, VirtualClock, VirtualTimerQueue]:
-    jobs = parse_jobs(
-        {"jobs": [{"id": "infra/nap", "kind": "sleep", "seconds": 600, **job}]},
-        "jobs.toml",
-        {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
-    )
-    clock, queue = VirtualClock(T0), VirtualTimerQueue()
-    built = Engine(
-        jobs=jobs,
-        kinds={SleepKind.name: SleepKind()},
-        store=SqliteStore(tmp_path / "s.db"),
-        queue=queue,
-        topic=EmbeddedTopic("test"),
-        clock=clock,
-        signer=TokenSigner(b"k" * 32),
-        rng=random.Random(1),
-    )
-    return built, clock, queue
+    return sleep_engine(tmp_path, T0, seconds=600, **job)
 
 
 def run_due(built: Engine, clock: VirtualClock, queue: VirtualTimerQueue) -> None:

@@ -9,12 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 from emulators import PROJECT, Emulator, clear_firestore
-from localstack import FINAL, DevProcess, write_jobs
+from localstack import FINAL, QUICK, DevProcess, write_jobs
 from shepherd.simulator.control import SimulatorProcess
 
 TOPIC = f"projects/{PROJECT}/topics/buildbucket-notifications"
 QUEUE = f"projects/{PROJECT}/locations/us-central1/queues/status-checks"
-QUICK = [{"status": "SCHEDULED", "for": "300ms"}, {"status": "STARTED", "for": "1500ms"}]
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kinds import SleepKind
-from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
-from shepherd.adapters.sqlite_store import SqliteStore
-from shepherd.clock import VirtualClock
+from kinds import sleep_engine
 from shepherd.durations import MINUTE, SECOND
-from shepherd.engine import Engine, Outcome
+from shepherd.engine import Outcome
 from shepherd.jobs import ConfigError, load_jobs, parse_jobs
 from shepherd.model import QueuedTask, Status, TriggerRequest
-from shepherd.signing import TokenSigner
 from shepherd.tasks.registry import CONFIG_MODELS
 
 GOOD_JOB = {
@@ -86,22 +81,7 @@ def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
 
 
 def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None:
-    jobs = parse_jobs(
-        {"jobs": [{"id": "infra/nap", "kind": "sleep", "seconds": 90}]},
-        "jobs.toml",
-        {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
-    )
-    clock, queue = VirtualClock(0), VirtualTimerQueue()
-    engine = Engine(
-        jobs=jobs,
-        kinds={SleepKind.name: SleepKind()},
-        store=SqliteStore(tmp_path / "s.db"),
-        queue=queue,
-        topic=EmbeddedTopic("test"),
-        clock=clock,
-        signer=TokenSigner(b"k" * 32),
-        rng=random.Random(1),
-    )
+    engine, clock, queue = sleep_engine(tmp_path, seconds=90)
     inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
     delivered: list[QueuedTask] = []
     while (eta := queue.next_eta()) is not None:

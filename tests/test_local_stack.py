@@ -16,18 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from localstack import FINAL, JOB, SECRET, DevProcess, write_jobs
+from localstack import FINAL, JOB, LONG, QUICK, SECRET, DevProcess, write_jobs
 from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
 from shepherd.simulator.control import SimulatorProcess
 
 TIMER_HEADERS = {TIMER_TOKEN_HEADER: timer_token(SECRET.encode())}
-QUICK = [{"status": "SCHEDULED", "for": "300ms"}, {"status": "STARTED", "for": "1500ms"}]
-LONG = [
-    {"status": "SCHEDULED", "for": "300ms"},
-    {"status": "STARTED", "for": "10m"},
-    {"status": "SUCCESS"},
-]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +20,7 @@ from .jobs import ConfigError
 from .service import DEFAULT_STATE
 
 FINAL = {"SUCCEEDED", "FAILED", "ABORTED"}
+T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 app = typer.Typer(
@@ -62,8 +64,14 @@ def print_table(headers: list[str] | None, rows: list[list[str]]) -> None:
     out.print(table)
 
 
-def client(url: str, trigger_url: str | None, api_url: str | None) -> ShepherdClient:
-    return ShepherdClient.for_urls(url, trigger_url, api_url)
+def remote(
+    url: str, trigger_url: str | None, api_url: str | None, call: Callable[[ShepherdClient], T]
+) -> T:
+    """One call to a running shepherd; its failure is a one-line error and exit 1."""
+    try:
+        return call(ShepherdClient.for_urls(url, trigger_url, api_url))
+    except ClientError as e:
+        raise fail(str(e)) from None
 
 
 # --- local ------------------------------------------------------------------------------
@@ -197,10 +205,7 @@ def trigger(
         body["properties"] = {k: _property_value(v) for k, v in _pairs(prop, "=", "property")}
     if request_id:
         body["request_id"] = request_id
-    try:
-        answer = client(url, trigger_url, api_url).trigger(body)
-    except ClientError as e:
-        raise fail(str(e)) from None
+    answer = remote(url, trigger_url, api_url, lambda c: c.trigger(body))
     print(answer["invocation_id"])
 
 
@@ -212,10 +217,7 @@ def show(
     api_url: ApiUrl = None,
 ) -> None:
     """Show one invocation."""
-    try:
-        inv = client(url, trigger_url, api_url).invocation(invocation_id)
-    except ClientError as e:
-        raise fail(str(e)) from None
+    inv = remote(url, trigger_url, api_url, lambda c: c.invocation(invocation_id))
     keys = (
         "id",
         "job",
@@ -242,7 +244,7 @@ def log(
     api_url: ApiUrl = None,
 ) -> None:
     """Print an invocation's debug log."""
-    api = client(url, trigger_url, api_url)
+    api = ShepherdClient.for_urls(url, trigger_url, api_url)
     printed = 0
     try:
         while True:
@@ -269,10 +271,7 @@ def list_invocations(
     api_url: ApiUrl = None,
 ) -> None:
     """List a job's invocations, newest first."""
-    try:
-        invocations = client(url, trigger_url, api_url).list(job)
-    except ClientError as e:
-        raise fail(str(e)) from None
+    invocations = remote(url, trigger_url, api_url, lambda c: c.list(job))
     print_table(
         ["invocation", "status", "created", "finished", "build"],
         [
@@ -296,10 +295,7 @@ def abort(
     api_url: ApiUrl = None,
 ) -> None:
     """Abort a running invocation (cancels its build)."""
-    try:
-        inv = client(url, trigger_url, api_url).abort(invocation_id)
-    except ClientError as e:
-        raise fail(str(e)) from None
+    inv = remote(url, trigger_url, api_url, lambda c: c.abort(invocation_id))
     print(f"{inv['id']} {inv['status']}")
 
 
