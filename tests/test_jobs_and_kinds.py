@@ -102,3 +102,48 @@ def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None
         f'Handling timer "wake-up" (infra/nap:{inv.id}:1:0)',
         "Invocation finished in 1m30s with status SUCCEEDED",
     ]
+
+
+def test_a_timer_whose_job_left_the_job_file_fails_the_invocation(tmp_path: Path) -> None:
+    engine, clock, queue = sleep_engine(tmp_path, seconds=90)
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    (start,) = queue.pop_due(clock.now_ns())
+    engine.handle_task(start.invocation_id, start.timer_id, start.name)
+    engine.jobs.jobs.clear()  # the job file was changed under a running invocation
+    clock.advance(90 * 10**9)
+    (timer,) = queue.pop_due(clock.now_ns())
+    assert engine.handle_task(timer.invocation_id, timer.timer_id, timer.name) is Outcome.HANDLED
+    final = engine.store.get(inv.id)
+    assert final is not None and final.status is Status.FAILED
+    log = [e.text for e in engine.store.read_log(inv.id)]
+    assert "Failed to initialize task controller - job 'infra/nap' is not configured" in log
+
+
+def test_a_redelivered_timer_hands_pending_timers_again(tmp_path: Path) -> None:
+    engine, clock, queue = sleep_engine(tmp_path, seconds=90)
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    (start,) = queue.pop_due(clock.now_ns())
+    engine.handle_task(start.invocation_id, start.timer_id, start.name)
+    (pending,) = engine.store.get(inv.id).pending_timers  # type: ignore[union-attr]
+    handed: list[QueuedTask] = []
+    engine.queue = Recorder(handed)  # a fresh queue: what the lost hand-off should have given
+    outcome = engine.handle_task(inv.id, f"infra/nap:{inv.id}:0:0", "wake-up")  # already used
+    assert outcome is Outcome.STALE
+    assert handed == [pending.task(inv.id)]
+
+
+class Recorder:
+    def __init__(self, into: list[QueuedTask]) -> None:
+        self.into = into
+
+    def schedule(self, tasks: list[QueuedTask]) -> None:
+        self.into.extend(tasks)
+
+
+@pytest.mark.parametrize("tid", ["junk", "a:b", "infra/nap:1:start:x", "other/job:5:start:1"])
+def test_malformed_start_tasks_are_ignored(tmp_path: Path, tid: str) -> None:
+    engine, _, _ = sleep_engine(tmp_path, seconds=90)
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    assert engine.handle_task(inv.id, tid, "start-invocation") is Outcome.IGNORED
+    stored = engine.store.get(inv.id)
+    assert stored is not None and stored.mutation_count == 0

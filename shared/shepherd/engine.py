@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -161,9 +161,7 @@ class _Controller:
         self._pending = list(after.pending_timers)
         self._lines = []
         self._timers = []
-        self._engine.queue.schedule(
-            [QueuedTask(after.id, t.id, t.title, t.eta_ns) for t in new_timers]
-        )
+        self._engine.queue.schedule([t.task(after.id) for t in new_timers])
 
 
 @dataclass
@@ -207,22 +205,28 @@ class Engine:
             return self._start(inv, tid)
         if inv.status.final:
             return Outcome.STALE
-        job, kind = self._job_and_kind(inv)
-        ctl = _Controller(self, inv, job)
+        ctl, kind = self._controller(inv)
         timer = ctl.consume_timer(tid)
         if timer is None:
+            # A redelivery after a commit whose timers never reached the queue (the hand-off
+            # failed): hand them again, or the invocation would wait for nothing.
+            self.queue.schedule([t.task(inv.id) for t in inv.pending_timers])
             return Outcome.STALE
         ctl.log(f'Handling timer "{timer.title}" ({timer.id})')
         timeout = self.jobs.settings.invocation_timeout
-        if inv.status is Status.RUNNING and self.clock.now_ns() - inv.created_ns > timeout:
+        if (
+            kind is not None
+            and inv.status is Status.RUNNING
+            and self.clock.now_ns() - inv.created_ns > timeout
+        ):
             self._time_out(ctl, kind, timeout)
         else:
-            try:
-                kind.handle_timer(ctl, timer.title, timer.payload)
-            except TransientError as e:
-                raise RetryLater(str(e)) from e
-            except Exception as e:  # a fatal error of the task: the invocation fails
-                self._fail(ctl, f"Fatal error when handling timer, aborting invocation - {e}")
+            self._act(
+                ctl,
+                kind,
+                lambda k: k.handle_timer(ctl, timer.title, timer.payload),
+                "Fatal error when handling timer, aborting invocation",
+            )
         self._commit(ctl)
         return Outcome.HANDLED
 
@@ -247,16 +251,13 @@ class Engine:
         if inv.status is Status.STARTING:
             # The launch may still be running; touching the invocation now would collide.
             raise RetryLater("invocation is still starting, try again later")
-        job, kind = self._job_and_kind(inv)
-        ctl = _Controller(self, inv, job)
-        try:
-            kind.handle_notification(ctl, message)
-        except TransientError as e:
-            raise RetryLater(str(e)) from e
-        except Exception as e:
-            self._fail(
-                ctl, f"Fatal error when handling PubSub notification, aborting invocation - {e}"
-            )
+        ctl, kind = self._controller(inv)
+        self._act(
+            ctl,
+            kind,
+            lambda k: k.handle_notification(ctl, message),
+            "Fatal error when handling PubSub notification, aborting invocation",
+        )
         self._commit(ctl)
         return Outcome.HANDLED
 
@@ -268,11 +269,11 @@ class Engine:
             raise InvocationFinished(f"invocation {invocation_id} already finished: {inv.status}")
         if inv.status is Status.STARTING:
             raise RetryLater("the invocation is still starting; abort it once it runs")
-        job, kind = self._job_and_kind(inv)
-        ctl = _Controller(self, inv, job)
+        ctl, kind = self._controller(inv)
         ctl.log(f"Invocation was manually aborted by {by}")
         try:
-            kind.abort(ctl)
+            if kind is not None:
+                kind.abort(ctl)
         except TransientError as e:
             raise RetryLater(str(e)) from e
         except Exception as e:
@@ -286,7 +287,7 @@ class Engine:
         """Hands every pending timer and start of unfinished invocations to the queue again."""
         tasks = []
         for inv in self.store.list_active():
-            tasks += [QueuedTask(inv.id, t.id, t.title, t.eta_ns) for t in inv.pending_timers]
+            tasks += [t.task(inv.id) for t in inv.pending_timers]
             if inv.status is Status.STARTING:
                 tasks.append(self._start_task(inv, inv.attempt + 1, self.clock.now_ns()))
         self.queue.schedule(tasks)
@@ -294,11 +295,33 @@ class Engine:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _job_and_kind(self, inv: Invocation) -> tuple[Job, TaskKind]:
+    def _controller(self, inv: Invocation) -> tuple[_Controller, TaskKind | None]:
+        """The event's controller, and the job's task kind (None: the job left the job file)."""
         job = self.jobs.job(inv.job_id)
         if job is None:
-            raise UnknownJob(inv.job_id)
-        return job, self.kinds[job.kind]
+            return _Controller(self, inv, Job(inv.job_id, "", None)), None
+        return _Controller(self, inv, job), self.kinds[job.kind]
+
+    def _act(
+        self,
+        ctl: _Controller,
+        kind: TaskKind | None,
+        action: Callable[[TaskKind], None],
+        fatal: str,
+    ) -> None:
+        """The kind's part of an event: a transient error leaves everything as it was (the
+        delivery comes again); any other error fails the invocation."""
+        if kind is None:
+            self._fail(
+                ctl, f"Failed to initialize task controller - job {ctl.job_id!r} is not configured"
+            )
+            return
+        try:
+            action(kind)
+        except TransientError as e:
+            raise RetryLater(str(e)) from e
+        except Exception as e:
+            self._fail(ctl, f"{fatal} - {e}")
 
     @staticmethod
     def _start_task(inv: Invocation, attempt: int, eta_ns: int) -> QueuedTask:
@@ -326,7 +349,11 @@ class Engine:
             ctl.status = Status.FAILED
 
     def _start(self, inv: Invocation, tid: str) -> Outcome:
-        attempt = int(tid.rsplit(":", 1)[1])
+        prefix, _, number = tid.rpartition(":start:")
+        if prefix != f"{inv.job_id}:{inv.id}" or not number.isdigit():
+            log.warning("start task %r does not name invocation %d", tid, inv.id)
+            return Outcome.IGNORED
+        attempt = int(number)
         # attempt - 1: the normal case; attempt: that attempt died before it saved its end.
         if inv.status is not Status.STARTING or inv.attempt not in (attempt - 1, attempt):
             return Outcome.STALE
@@ -345,19 +372,15 @@ class Engine:
             )
         except ConflictError:
             return Outcome.STALE  # a duplicate delivery of this start got there first
-        job = self.jobs.job(inv.job_id)
-        if job is None:
-            ctl = _Controller(self, starting, Job(inv.job_id, "", None))
-            self._fail(
-                ctl, f"Failed to initialize task controller - job {inv.job_id!r} is not configured"
-            )
+        ctl, kind = self._controller(starting)
+        if kind is None:
+            self._act(ctl, None, lambda k: None, "")  # fails it: the job is gone
             self._commit(ctl)
             return Outcome.HANDLED
-        ctl = _Controller(self, starting, job)
         error: str | None = None
         transient = False
         try:
-            self.kinds[job.kind].launch(ctl)
+            kind.launch(ctl)
         except TransientError as e:
             error, transient = str(e), True
         except Exception as e:

@@ -73,6 +73,10 @@ class Timer:
     eta_ns: int
     payload: dict[str, Any] | None = None
 
+    def task(self, invocation_id: int) -> QueuedTask:
+        """What the timer queue delivers for this timer."""
+        return QueuedTask(invocation_id, self.id, self.title, self.eta_ns)
+
 
 def timer_id(job_id: str, invocation_id: int, mutation_count: int, index: int) -> str:
     return f"{job_id}:{invocation_id}:{mutation_count}:{index}"

@@ -111,7 +111,9 @@ class VirtualStack:
             topic=EmbeddedTopic(self.jobs.settings.app_id),
             clock=self.clock,
             signer=TokenSigner(rng.randbytes(32)),
-            rng=rng,
+            # Invocation ids from the system's randomness: a replay into a store that holds an
+            # earlier one must not collide with it.
+            rng=random.Random(),
         )
         self._inbox: list[tuple[int, int, PubSubMessage]] = []  # (delivery time, order, message)
         self._order = 0
