@@ -162,3 +162,14 @@ def test_scheduler_route_triggers_a_tick_once(
         )
     finally:
         cron.stop()
+
+
+def test_a_bad_scenario_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'start = "2022-07-10T12:31:53Z"\n[trigger]\njob = "a/b"\n[[jobs]]\nid = "a/b"\n'
+        'server = "bad host"\nbucket = "c"\nbuilder = "b"\n'
+    )
+    done = shepherd("replay", str(bad))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and 'job "a/b": field "server"' in done.stderr

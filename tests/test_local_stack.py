@@ -433,3 +433,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_deeply_nested_properties_and_chunked_bodies_get_4xx(dev: DevProcess) -> None:
+    deep: dict = {}
+    for _ in range(40):
+        deep = {"a": deep}
+    response = dev.http.post(dev.url + "/trigger", json={"job": JOB, "properties": deep})
+    assert response.status_code == 400 and "nested deeper than 32" in response.json()["error"]
+
+    def chunks():  # no Content-Length: the limit holds while reading
+        for _ in range(3):
+            yield b" " * (1 << 20)
+
+    response = dev.http.post(dev.url + "/trigger", content=chunks())
+    assert response.status_code == 413, response.text
+    assert "error" in response.json()

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -116,7 +117,7 @@ def replay(
 
     try:
         loaded = load_scenario(scenario)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ConfigError) as e:
         raise fail(f"cannot load scenario {scenario!r}: {e}", 2) from None
     sys.stdout.write(run(loaded, state).log_text)
 
@@ -203,8 +204,8 @@ def trigger(
         body["tags"] = [f"{k}:{v}" for k, v in _pairs(tag, ":", "tag")]
     if prop:
         body["properties"] = {k: _property_value(v) for k, v in _pairs(prop, "=", "property")}
-    if request_id:
-        body["request_id"] = request_id
+    # A key of its own even when none is given: the client's retries start one invocation.
+    body["request_id"] = request_id or f"cli-{uuid.uuid4()}"
     answer = remote(url, trigger_url, api_url, lambda c: c.trigger(body))
     print(answer["invocation_id"])
 

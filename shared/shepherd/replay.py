@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .adapters.buildbucket_prpc import PrpcBuildsClient
 from .adapters.embedded import EmbeddedTopic, VirtualTimerQueue
 from .adapters.sqlite_store import SqliteStore
@@ -25,7 +27,7 @@ from .clock import VirtualClock
 from .debuglog import format_log
 from .durations import SECOND, parse_duration
 from .engine import Engine, RetryLater
-from .jobs import parse_jobs
+from .jobs import ConfigError, parse_jobs
 from .model import Invocation, PubSubMessage
 from .ports import Store
 from .schemas import TriggerBody
@@ -60,18 +62,25 @@ def load_scenario(name_or_path: str) -> Scenario:
         if not source.is_file():
             raise FileNotFoundError(f'no scenario named "{name_or_path}"')
         text, name = source.read_text(encoding="utf-8"), name_or_path
-    data = tomllib.loads(text)
-    delivery = data.get("delivery", {})
-    return Scenario(
-        name=name,
-        start_ns=parse_rfc3339(data["start"]),
-        seed=int(data.get("seed", 0)),
-        task_latency_ns=parse_duration(delivery.get("task", "0s")),
-        notification_latency_ns=parse_duration(delivery.get("notification", "0s")),
-        jobs={"settings": data.get("settings", {}), "jobs": data.get("jobs", [])},
-        trigger=TriggerBody.model_validate(data["trigger"]),
-        simulator=data.get("simulator", {}),
-    )
+    try:
+        data = tomllib.loads(text)
+        delivery = data.get("delivery", {})
+        jobs = {"settings": data.get("settings", {}), "jobs": data.get("jobs", [])}
+        parse_jobs(jobs, f"scenario {name}", CONFIG_MODELS)  # refused here, not mid-replay
+        return Scenario(
+            name=name,
+            start_ns=parse_rfc3339(data["start"]),
+            seed=int(data.get("seed", 0)),
+            task_latency_ns=parse_duration(delivery.get("task", "0s")),
+            notification_latency_ns=parse_duration(delivery.get("notification", "0s")),
+            jobs=jobs,
+            trigger=TriggerBody.model_validate(data["trigger"]),
+            simulator=data.get("simulator", {}),
+        )
+    except ConfigError:
+        raise
+    except (tomllib.TOMLDecodeError, ValidationError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"scenario {name}: {e}") from None
 
 
 @dataclass

@@ -8,6 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from .model import GitilesTrigger, TriggerRequest
 
+MAX_PROPERTY_DEPTH = 32
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
 
 class GitilesBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -36,6 +46,13 @@ class TriggerBody(BaseModel):
             if not colon or not key:
                 raise ValueError(f'tag "{tag}" must be "key:value"')
         return tags
+
+    @field_validator("properties")
+    @classmethod
+    def _properties(cls, properties: dict[str, Any]) -> dict[str, Any]:
+        if _depth(properties) > MAX_PROPERTY_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_PROPERTY_DEPTH} levels")
+        return properties
 
     def to_request(self) -> TriggerRequest:
         gitiles = self.gitiles

@@ -152,6 +152,8 @@ def build_service() -> Service:
     project = os.environ.get("GOOGLE_CLOUD_PROJECT")
     secret = os.environ.get("SHEPHERD_SECRET")
     # Deployed, the key comes from Secret Manager, and only to the functions that need it.
+    if secret is not None and len(secret.encode()) < 16:
+        raise ConfigError("SHEPHERD_SECRET must have at least 16 bytes")
     if project:
         key = secret.encode() if secret else None
     else:

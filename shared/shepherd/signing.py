@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -77,15 +80,14 @@ def load_or_create_key(secret: str | None, state_dir: Path) -> bytes:
     if path.exists():
         return path.read_bytes()
     state_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(key)
-    tmp.chmod(0o600)
+    # A private file of its own (mode 0600 from the start), written whole, then linked into
+    # place: link() refuses to overwrite, so processes racing here agree on the first key.
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".secret-")
     try:
-        # link() refuses to overwrite: two processes racing here agree on the first key.
-        path.hardlink_to(tmp)
-    except FileExistsError:
-        pass
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.unlink(tmp)
     return path.read_bytes()

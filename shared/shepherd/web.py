@@ -77,6 +77,8 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
             return handler(request)
         except BadRequest as e:
             return _error(e.status, str(e))
+        except HTTPException as e:
+            return http_error(e)
         except ValidationError as e:
             return _error(400, _describe(e))
         except (RetryLater, sqlite3.OperationalError) as e:
@@ -89,6 +91,8 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
 
 
 def _body(request: Request) -> Any:
+    # Also bounds a chunked body (no Content-Length): reading stops one byte past the limit.
+    request.max_content_length = MAX_BODY_BYTES + 1
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     data = request.get_data(cache=True)

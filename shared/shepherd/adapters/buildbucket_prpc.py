@@ -56,7 +56,7 @@ class PrpcBuildsClient:
         endpoints: Mapping[str, str] | None = None,
         attempts: int = 3,
         backoff_ns: int = 500 * MILLISECOND,
-        timeout_s: float = 60.0,
+        timeout_s: float = 30.0,  # 3 tries stay under a function's 120 s
         http: httpx.Client | None = None,
     ) -> None:
         self._clock = clock

@@ -32,7 +32,7 @@ from .sqlite_db import create_schema, transaction
 
 log = logging.getLogger(__name__)
 
-LEASE_NS = 60 * SECOND
+LEASE_NS = 180 * SECOND  # longer than a delivery's HTTP timeout, so none is sent twice at once
 MAX_BACKOFF_NS = 10 * SECOND
 TIMER, PUSH = "timer", "push"
 
@@ -207,13 +207,15 @@ class Deliverer:
         while not self._stop.is_set():
             try:
                 leased = self._queue.lease_due(self._clock.now_ns())
+                for item in leased:
+                    self._pool.submit(self._deliver, item)
+                wait_s = 0.0 if leased else self._idle_wait_s()
             except sqlite3.Error:
+                # A busy or broken store must not end the thread: look again shortly.
                 log.exception("cannot read the delivery queue")
-                leased = []
-            for item in leased:
-                self._pool.submit(self._deliver, item)
-            if not leased:
-                self._wake.wait(self._idle_wait_s())
+                wait_s = 0.5
+            if wait_s:
+                self._wake.wait(wait_s)
                 self._wake.clear()
 
     def _idle_wait_s(self) -> float:
