@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
@@ -42,11 +42,36 @@ def _decode(response: httpx.Response) -> dict[str, Any]:
     return data
 
 
+EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
+
+
+class GoogleAccessToken:
+    """The function's own identity, as Buildbucket expects callers: an OAuth access token
+    from the application default credentials, refreshed when it expires."""
+
+    def __init__(self) -> None:
+        self._credentials: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        import google.auth
+        import google.auth.transport.requests
+
+        with self._lock:
+            if self._credentials is None:
+                self._credentials, _ = google.auth.default(scopes=[EMAIL_SCOPE])
+            if not self._credentials.valid:
+                self._credentials.refresh(google.auth.transport.requests.Request())
+            return str(self._credentials.token)
+
+
 class PrpcBuildsClient:
     """The `BuildsAPI` port over httpx. Transient failures are retried with backoff.
 
     `endpoints` maps a configured server host to another base URL (a simulator standing in
     for "cr-buildbucket.appspot.com" in a replay); log lines keep the configured host.
+    Requests to https servers carry `Authorization: Bearer` from `token` (by default the
+    application default credentials); local http servers get none.
     """
 
     def __init__(
@@ -58,6 +83,7 @@ class PrpcBuildsClient:
         backoff_ns: int = 500 * MILLISECOND,
         timeout_s: float = 30.0,  # 3 tries stay under a function's 120 s
         http: httpx.Client | None = None,
+        token: Callable[[], str] | None = None,
     ) -> None:
         self._clock = clock
         self._endpoints = dict(endpoints or {})
@@ -66,6 +92,7 @@ class PrpcBuildsClient:
         self._timeout_s = timeout_s
         self._http = http
         self._lock = threading.Lock()
+        self._token = token
 
     def _client(self) -> httpx.Client:
         # Made on the first call: httpx and its TLS context cost ~60 ms, which a function
@@ -94,15 +121,23 @@ class PrpcBuildsClient:
             delay *= 2
         raise AssertionError("unreachable")
 
+    def _headers(self, url: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._token is None and url.startswith("https://"):
+            self._token = GoogleAccessToken()
+        if self._token is not None:
+            try:
+                headers["Authorization"] = f"Bearer {self._token()}"
+            except Exception as e:  # no credentials here: say so, as Buildbucket would
+                raise RpcError(Code.UNAUTHENTICATED, f"no credentials for {url}: {e}") from e
+        return headers
+
     def _call_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
+        headers = self._headers(url)
         try:
-            response = self._client().post(
-                url,
-                content=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-            )
+            response = self._client().post(url, content=json.dumps(body).encode(), headers=headers)
         except httpx.TimeoutException as e:
             raise RpcError(Code.DEADLINE_EXCEEDED, f"{url}: {str(e) or 'timed out'}") from e
         except httpx.TransportError as e:
