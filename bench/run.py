@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test suite's process helpers (loc
 from emulators import PROJECT, clear_firestore, start_firestore  # noqa: E402
 from localstack import JOB, SECRET, DevProcess, write_jobs  # noqa: E402
 from shepherd.durations import HOUR, SECOND, format_duration  # noqa: E402
+from shepherd.engine import START_TASK  # noqa: E402
 from shepherd.ports import StoreStats  # noqa: E402
 from shepherd.replay import VirtualStack, load_scenario  # noqa: E402
 from shepherd.signing import TokenSigner  # noqa: E402
@@ -130,7 +131,7 @@ def _count_events(stack: VirtualStack) -> dict[str, StoreStats]:
     wrap(
         "handle_task",
         stack.engine.handle_task,
-        lambda _inv, _tid, name: "start" if name == "start-invocation" else "timer",
+        lambda _inv, _tid, name: "start" if name == START_TASK else "timer",
     )
     stack.event_counts = counts  # type: ignore[attr-defined]
     return per_event

@@ -11,7 +11,7 @@ from typing import Protocol
 import pytest
 
 from shepherd.adapters.embedded import VirtualTimerQueue
-from shepherd.adapters.sqlite_delivery import SqliteDeliveryQueue
+from shepherd.adapters.sqlite_delivery import LEASE_NS, SqliteDeliveryQueue
 from shepherd.model import QueuedTask
 
 
@@ -106,4 +106,5 @@ def test_sqlite_tasks_survive_reopening_and_leases_expire(tmp_path: Path) -> Non
     }
     assert reopened.lease_due(11) == []  # leased: a second deliverer does not take it
     # A deliverer that died holding the lease: the task comes back once the lease runs out.
-    assert [d.name for d in reopened.lease_due(10 + 61 * 10**9)] == ["a"]
+    assert reopened.lease_due(10 + LEASE_NS - 1) == []
+    assert [d.name for d in reopened.lease_due(10 + LEASE_NS)] == ["a"]

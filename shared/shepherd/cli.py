@@ -18,9 +18,10 @@ from rich.table import Table
 
 from .client import ClientError, ShepherdClient
 from .jobs import ConfigError
+from .model import Status
 from .service import DEFAULT_STATE
 
-FINAL = {"SUCCEEDED", "FAILED", "ABORTED"}
+FINAL = {status.value for status in Status if status.final}
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
 

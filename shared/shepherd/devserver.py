@@ -1,4 +1,4 @@
-"""`shepherd dev`: the four functions on one port, with the embedded store, queue and topic."""
+"""`shepherd dev`: the functions on one port, with the embedded store, queue and topic."""
 
 from __future__ import annotations
 

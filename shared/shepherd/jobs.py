@@ -80,14 +80,9 @@ class Job:
     schedule: Schedule | None = None
     max_concurrent_invocations: int = 1
 
-    @property
-    def project(self) -> str:
-        return self.id.split("/", 1)[0]
-
 
 @dataclass(frozen=True)
 class JobsFile:
-    source: str
     settings: Settings
     jobs: dict[str, Job]
 
@@ -152,7 +147,7 @@ def parse_jobs(
             schedule=header.schedule,
             max_concurrent_invocations=header.max_concurrent_invocations,
         )
-    return JobsFile(source=source, settings=settings, jobs=jobs)
+    return JobsFile(settings=settings, jobs=jobs)
 
 
 def load_jobs(path: str | Path, config_models: Mapping[str, type[BaseModel]]) -> JobsFile:

@@ -16,10 +16,6 @@ class Schedule:
     text: str
     interval_ns: int | None = None  # "with X interval": X after the previous one finished
 
-    @property
-    def is_interval(self) -> bool:
-        return self.interval_ns is not None
-
     def latest_tick(self, now_ns: int) -> int:
         """The last cron time at or before now (cron schedules only)."""
         from croniter import croniter  # only jobs with a cron schedule pay for the import

@@ -3,7 +3,7 @@
 The one place that picks adapters: the embedded SQLite ones by default, Firestore, Cloud Tasks
 and Pub/Sub when GOOGLE_CLOUD_PROJECT is set (interfaces.md, Environment). The Google Cloud
 libraries are imported only on that path. Every function (and `shepherd dev`, which serves all
-four in one process) shares the one service; module import does nothing, the first request
+of them in one process) shares the one service; module import does nothing, the first request
 builds it.
 """
 

@@ -91,10 +91,11 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
 
 
 def _body(request: Request) -> Any:
-    # Also bounds a chunked body (no Content-Length): reading stops one byte past the limit.
-    request.max_content_length = MAX_BODY_BYTES + 1
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if request.content_length is None:
+        # A chunked body: reading stops one byte past the limit.
+        request.max_content_length = MAX_BODY_BYTES + 1
     data = request.get_data(cache=True)
     if len(data) > MAX_BODY_BYTES:
         raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")

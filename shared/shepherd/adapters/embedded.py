@@ -27,16 +27,13 @@ def topic_name(app_id: str, manager: str, publisher: str) -> str:
 
 
 class EmbeddedTopic:
-    """Names topics as Pub/Sub would and remembers them; nothing leaves the process."""
+    """Names topics as Pub/Sub would, for replays: nothing is published through it."""
 
     def __init__(self, app_id: str) -> None:
         self._app_id = app_id
-        self.topics: set[str] = set()
 
     def prepare(self, manager: str, publisher: str) -> str:
-        topic = topic_name(self._app_id, manager, publisher)
-        self.topics.add(topic)
-        return topic
+        return topic_name(self._app_id, manager, publisher)
 
 
 class VirtualTimerQueue:
