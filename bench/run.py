@@ -525,7 +525,15 @@ def main() -> None:
     results["cost"] = cost_model(results["calls"], results["store_ops"])
     results["seconds"] = time.perf_counter() - started
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (OUT / "RESULTS.md").write_text(markdown(results))
+    report = markdown(results)
+    (OUT / "RESULTS.md").write_text(report)
+    readme = ROOT / "README.md"
+    start, end = "<!-- bench:start -->\n", "\n<!-- bench:end -->"
+    text = readme.read_text()
+    if start in text and end in text:  # the README shows the latest table
+        table = report[report.index("| figure") :].rstrip("\n")
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + table + end + rest.split(end, 1)[1])
     print((OUT / "RESULTS.md").read_text())
 
 
