@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schemas import TriggerBody
+from .model import Status
+from .schemas import TimerBody, TriggerBody
 from .web import MAX_BODY_BYTES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -145,25 +146,14 @@ def document() -> dict[str, Any]:
                     "required": ["invocation_id", "url"],
                     "properties": {"invocation_id": {"type": "string"}, "url": {"type": "string"}},
                 },
-                "TimerTask": {
-                    "type": "object",
-                    "required": ["invocation_id", "timer_id", "name"],
-                    "properties": {
-                        "invocation_id": {"type": "string", "pattern": "^[0-9]{1,19}$"},
-                        "timer_id": {"type": "string", "minLength": 1},
-                        "name": {"type": "string", "minLength": 1},
-                    },
-                },
+                "TimerTask": TimerBody.model_json_schema(),
                 "Invocation": {
                     "type": "object",
                     "required": ["id", "job", "status"],
                     "properties": {
                         "id": {"type": "string"},
                         "job": {"type": "string"},
-                        "status": {
-                            "type": "string",
-                            "enum": ["STARTING", "RUNNING", "SUCCEEDED", "FAILED", "ABORTED"],
-                        },
+                        "status": {"type": "string", "enum": [s.value for s in Status]},
                         "attempt": {"type": "integer"},
                         "build_id": {"type": ["string", "null"]},
                         "view_url": {"type": ["string", "null"]},

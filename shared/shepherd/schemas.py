@@ -65,3 +65,23 @@ class TriggerBody(BaseModel):
             properties=dict(self.properties),
             request_id=self.request_id,
         )
+
+
+class TimerBody(BaseModel):
+    """What the timer queue POSTs to `on_timer` (interfaces.md)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    invocation_id: str = Field(pattern=r"^[0-9]{1,19}$")
+    timer_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+
+class PushedMessage(BaseModel):
+    """A Pub/Sub message as a push subscription (or the messagePublished event) carries it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    data: str = ""
+    attributes: dict[str, str] = Field(default_factory=dict)
+    message_id: str = Field(default="", alias="messageId")

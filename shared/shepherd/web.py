@@ -16,13 +16,14 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
 from .model import Invocation, PubSubMessage
+from .schemas import PushedMessage, TimerBody, TriggerBody
 from .service import get_service
 from .timestamps import format_rfc3339
 
@@ -139,8 +140,6 @@ def invocation_json(inv: Invocation) -> dict[str, Any]:
 
 @_guarded
 def trigger(request: Request) -> Response:
-    from .schemas import TriggerBody
-
     _require(request, "POST")
     body = TriggerBody.model_validate(_body(request))
     try:
@@ -151,14 +150,6 @@ def trigger(request: Request) -> Response:
 
 
 # --- on_timer --------------------------------------------------------------------------
-
-
-class TimerBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    invocation_id: str = Field(pattern=r"^[0-9]{1,19}$")
-    timer_id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
 
 
 @_guarded
@@ -176,16 +167,6 @@ def on_timer(request: Request) -> Response:
 
 
 # --- on_build_notification ---------------------------------------------------------------
-
-
-class PushedMessage(BaseModel):
-    """A Pub/Sub message as a push subscription (or the messagePublished event) carries it."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    data: str = ""
-    attributes: dict[str, str] = Field(default_factory=dict)
-    message_id: str = Field(default="", alias="messageId")
 
 
 def pubsub_message(event: CloudEvent) -> PubSubMessage | None:
