@@ -19,6 +19,14 @@ class Status(StrEnum):
         return self in (Status.SUCCEEDED, Status.FAILED, Status.ABORTED)
 
 
+def tag_key(tag: str) -> str:
+    """The key of a "key:value" tag; ValueError for anything else."""
+    key, colon, _ = tag.partition(":")
+    if not colon or not key:
+        raise ValueError(f'tag "{tag}" must be "key:value"')
+    return key
+
+
 @dataclass(frozen=True)
 class GitilesTrigger:
     repo: str

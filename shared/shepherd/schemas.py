@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from .model import GitilesTrigger, TriggerRequest
+from .model import GitilesTrigger, TriggerRequest, tag_key
 
 MAX_PROPERTY_DEPTH = 32
 
@@ -42,9 +42,7 @@ class TriggerBody(BaseModel):
     @classmethod
     def _tags(cls, tags: list[str]) -> list[str]:
         for tag in tags:
-            key, colon, _ = tag.partition(":")
-            if not colon or not key:
-                raise ValueError(f'tag "{tag}" must be "key:value"')
+            tag_key(tag)
         return tags
 
     @field_validator("properties")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..debuglog import json_block
 from ..durations import SECOND
 from ..grpc_codes import RpcError
-from ..model import PubSubMessage, Status, TriggerRequest
+from ..model import PubSubMessage, Status, TriggerRequest, tag_key
 from ..ports import BuildsAPI
 from ..timestamps import parse_rfc3339
 from .base import Controller, TaskError, TransientError
@@ -71,10 +71,7 @@ class BuildbucketConfig(BaseModel):
     @classmethod
     def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for tag in value:
-            key, colon, _ = tag.partition(":")
-            if not colon or not key:
-                raise ValueError(f'tag "{tag}" must be "key:value"')
-            if key in RESERVED_TAGS:
+            if (key := tag_key(tag)) in RESERVED_TAGS:
                 raise ValueError(f'tag "{key}" is reserved')
         return value
 
