@@ -1,4 +1,5 @@
-"""Session-wide fixtures: the Google Cloud emulators, started once and stopped at the end."""
+"""Shared fixtures: the Google Cloud emulators (once a session), and a simulator with a local
+stack beside it (once a module; a module that needs another kind defines its own)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from emulators import Emulator, start_firestore, start_pubsub, start_tasks
+from localstack import DevProcess, write_jobs
+from shepherd.simulator.control import SimulatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +31,17 @@ def tasks_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulato
     emulator = start_tasks(tmp_path_factory.mktemp("tasks"))
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorProcess]:
+    with SimulatorProcess() as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def dev(sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
+    workdir = tmp_path_factory.mktemp("dev")
+    process = DevProcess(workdir, write_jobs(workdir / "jobs.toml", sim.url)).start()
+    yield process
+    process.stop()

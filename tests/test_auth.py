@@ -4,10 +4,9 @@ whose public half a local certs endpoint serves (Google's own certs are not reac
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt, jwt
 
+from localstack import serving
 from shepherd.auth import OidcAuth, SharedTokenAuth, Unauthorized
 
 AUDIENCE = "https://us-central1-p.cloudfunctions.net/on-timer"
@@ -51,10 +51,8 @@ def certs_url() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/certs"
-    server.shutdown()
+    with serving(Certs) as url:
+        yield url + "/certs"
 
 
 def token(private: bytes = GOOD_PRIVATE, **claims: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,20 +13,6 @@ from shepherd.simulator.control import SimulatorProcess
 
 REPO = "https://chromium.googlesource.com/chromium/src"
 REV = "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess() as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def dev(sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
-    workdir = tmp_path_factory.mktemp("cli")
-    process = DevProcess(workdir, write_jobs(workdir / "jobs.toml", sim.url)).start()
-    yield process
-    process.stop()
 
 
 def shepherd(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:

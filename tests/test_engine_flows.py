@@ -20,12 +20,6 @@ from shepherd.simulator.control import SimulatorProcess
 SHORT = [{"status": "SCHEDULED", "for": "2m"}, {"status": "STARTED", "for": "25m"}]
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess() as process:
-        yield process
-
-
 def scenario(**simulator: Any) -> Scenario:
     seed = load_scenario("seed")
     return dataclasses.replace(seed, simulator={**seed.simulator, **simulator})

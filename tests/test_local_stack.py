@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,6 @@ from shepherd.signing import TokenSigner
 from shepherd.simulator.control import SimulatorProcess
 
 TIMER_HEADERS = {TIMER_TOKEN_HEADER: timer_token(SECRET.encode())}
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess() as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def dev(sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProcess]:
-    workdir = tmp_path_factory.mktemp("dev")
-    process = DevProcess(workdir, write_jobs(workdir / "jobs.toml", sim.url)).start()
-    yield process
-    process.stop()
 
 
 def configure(sim: SimulatorProcess, dev: DevProcess, **config: Any) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
+from localstack import serving
 from shepherd.adapters.buildbucket_prpc import PrpcBuildsClient
 from shepherd.clock import VirtualClock
 from shepherd.grpc_codes import Code, RpcError
@@ -32,10 +32,8 @@ def server() -> Iterator[tuple[str, list[str | None]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Builds)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
-    httpd.shutdown()
+    with serving(Builds) as url:
+        yield url, seen
 
 
 def test_a_local_server_gets_no_credentials(server: tuple[str, list[str | None]]) -> None:
