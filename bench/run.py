@@ -34,10 +34,10 @@ from localstack import JOB, SECRET, DevProcess, write_jobs  # noqa: E402
 from shepherd.durations import HOUR, SECOND, format_duration  # noqa: E402
 from shepherd.engine import START_TASK  # noqa: E402
 from shepherd.ports import StoreStats  # noqa: E402
-from shepherd.replay import VirtualStack, load_scenario  # noqa: E402
 from shepherd.signing import TokenSigner  # noqa: E402
-from shepherd.simulator.control import SimulatorProcess  # noqa: E402
 from shepherd.timestamps import parse_rfc3339  # noqa: E402
+from shepherd_tools.replay import VirtualStack, load_scenario  # noqa: E402
+from shepherd_tools.simulator.control import SimulatorProcess  # noqa: E402
 
 OUT = ROOT / "bench"
 POLICIES = ("luci", "shepherd")
@@ -210,7 +210,7 @@ def _first_answer_s(venv: Path, source: Path, target: str, path: str, env: dict[
 def cold_start(sim: SimulatorProcess, workdir: Path, runs: int = 7) -> dict[str, Any]:
     """What Cloud Functions runs: the `make package` archive, in a virtualenv that has only its
     requirements.txt, against a hello world in the same virtualenv."""
-    from shepherd.package import build
+    from shepherd_tools.package import build
 
     jobs = write_jobs(workdir / "cold-jobs.toml", sim.url)
     archive, deployed = workdir / "functions.zip", workdir / "deployed"
@@ -334,7 +334,7 @@ def replay_wall_time(workdir: Path, runs: int = 5) -> dict[str, Any]:
         cmd = [
             sys.executable,
             "-m",
-            "shepherd.cli",
+            "shepherd_tools.cli",
             "replay",
             "seed",
             "--state",

@@ -9,7 +9,7 @@ import pytest
 
 from emulators import Emulator, start_firestore, start_pubsub, start_tasks
 from localstack import DevProcess, write_jobs
-from shepherd.simulator.control import SimulatorProcess
+from shepherd_tools.simulator.control import SimulatorProcess
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ class DevProcess:
 
     def start(self, port: int = 0) -> DevProcess:
         env = {**os.environ, "SHEPHERD_SECRET": SECRET, **self.env}
-        cmd = [sys.executable, "-m", "shepherd.cli", "dev", "--jobs", str(self.jobs)]
+        cmd = [sys.executable, "-m", "shepherd_tools.cli", "dev", "--jobs", str(self.jobs)]
         cmd += ["--state", str(self.workdir / "state.db"), "--port", str(port)]
         stderr = (self.workdir / "dev.log").open("a")
         self._proc = subprocess.Popen(

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from localstack import JOB, SECRET, DevProcess, write_jobs
 from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
-from shepherd.simulator.control import SimulatorProcess
+from shepherd_tools.simulator.control import SimulatorProcess
 
 LONG = [
     {"status": "SCHEDULED", "for": "300ms"},

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from localstack import JOB, LONG, QUICK, DevProcess, write_jobs
-from shepherd.simulator.control import SimulatorProcess
+from shepherd_tools.simulator.control import SimulatorProcess
 
 REPO = "https://chromium.googlesource.com/chromium/src"
 REV = "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
 
 
 def shepherd(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "shepherd.cli", *args]
+    cmd = [sys.executable, "-m", "shepherd_tools.cli", *args]
     if url:
         cmd += ["--url", url]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from localstack import BUILDSET, FINAL, JOB, DevProcess, write_jobs
-from shepherd.simulator.control import SimulatorProcess
+from shepherd_tools.simulator.control import SimulatorProcess
 
 SOAK = os.environ.get("SHEPHERD_SOAK") == "1"
 CRASH_INVOCATIONS = 200 if SOAK else 50

@@ -14,8 +14,8 @@ import pytest
 
 from shepherd.engine import InvocationFinished, Outcome, RetryLater
 from shepherd.model import PubSubMessage, Status
-from shepherd.replay import ReplayResult, Scenario, VirtualStack, load_scenario, replay
-from shepherd.simulator.control import SimulatorProcess
+from shepherd_tools.replay import ReplayResult, Scenario, VirtualStack, load_scenario, replay
+from shepherd_tools.simulator.control import SimulatorProcess
 
 SHORT = [{"status": "SCHEDULED", "for": "2m"}, {"status": "STARTED", "for": "25m"}]
 

@@ -10,7 +10,7 @@ import pytest
 
 from emulators import PROJECT, Emulator, clear_firestore
 from localstack import FINAL, QUICK, DevProcess, write_jobs
-from shepherd.simulator.control import SimulatorProcess
+from shepherd_tools.simulator.control import SimulatorProcess
 
 TOPIC = f"projects/{PROJECT}/topics/buildbucket-notifications"
 QUEUE = f"projects/{PROJECT}/locations/us-central1/queues/status-checks"

@@ -18,7 +18,7 @@ import pytest
 from localstack import FINAL, JOB, LONG, QUICK, SECRET, DevProcess, write_jobs
 from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
-from shepherd.simulator.control import SimulatorProcess
+from shepherd_tools.simulator.control import SimulatorProcess
 
 TIMER_HEADERS = {TIMER_TOKEN_HEADER: timer_token(SECRET.encode())}
 

@@ -39,8 +39,8 @@ from shepherd.grpc_codes import Code
 from shepherd.jobs import parse_jobs
 from shepherd.model import Invocation, LogEntry, PubSubMessage, QueuedTask, Status, TriggerRequest
 from shepherd.signing import TokenSigner
-from shepherd.simulator.server import Simulator
 from shepherd.tasks.registry import CONFIG_MODELS, make_kinds
+from shepherd_tools.simulator.server import Simulator
 
 JOB = "chromium/Windows deterministic"
 BUILDSET = (

@@ -27,7 +27,7 @@ def seed() -> list[Entry]:
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> list[Entry]:
     state = tmp_path_factory.mktemp("replay") / "state.db"
     done = subprocess.run(
-        [sys.executable, "-m", "shepherd.cli", "replay", "seed", "--state", str(state)],
+        [sys.executable, "-m", "shepherd_tools.cli", "replay", "seed", "--state", str(state)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -18,8 +18,8 @@ import pytest
 
 from shepherd.durations import parse_duration
 from shepherd.grpc_codes import Code, RpcError
-from shepherd.simulator.server import Simulator
 from shepherd.timestamps import format_rfc3339, parse_rfc3339
+from shepherd_tools.simulator.server import Simulator
 
 PRPC = "/prpc/buildbucket.v2.Builds/"
 C = parse_rfc3339("2022-07-10T12:31:54.345221254Z")
@@ -36,7 +36,7 @@ USER_DATA = base64.b64encode(b"job-42").decode()
 
 def start(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shepherd.simulator", "--port", "0", *args],
+        [sys.executable, "-m", "shepherd_tools.simulator", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

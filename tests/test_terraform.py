@@ -11,7 +11,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from shepherd.package import JOBS_NAME
+from shepherd_tools.package import JOBS_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 TERRAFORM = ROOT / "terraform"

@@ -41,7 +41,7 @@ def seed_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevPro
     workdir = tmp_path_factory.mktemp("page")
     state = workdir / "state.db"
     replayed = subprocess.run(
-        [sys.executable, "-m", "shepherd.cli", "replay", "seed", "--state", str(state)],
+        [sys.executable, "-m", "shepherd_tools.cli", "replay", "seed", "--state", str(state)],
         capture_output=True,
         text=True,
         check=True,

@@ -16,10 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from shepherd.jobs import ConfigError
+from shepherd.model import Status
+from shepherd.service import DEFAULT_STATE
+
 from .client import ClientError, ShepherdClient
-from .jobs import ConfigError
-from .model import Status
-from .service import DEFAULT_STATE
 
 FINAL = {status.value for status in Status if status.final}
 T = TypeVar("T")
@@ -142,8 +143,8 @@ def package(
 @jobs_app.command("validate")
 def jobs_validate(path: Annotated[str, typer.Argument(help="The job file.")]) -> None:
     """Check a job file; every error names the file, the job and the field."""
-    from .jobs import load_jobs
-    from .tasks.registry import CONFIG_MODELS
+    from shepherd.jobs import load_jobs
+    from shepherd.tasks.registry import CONFIG_MODELS
 
     try:
         jobs = load_jobs(path, CONFIG_MODELS)

@@ -18,9 +18,9 @@ import httpx
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
-from .adapters.sqlite_delivery import Deliverer, SqliteDeliveryQueue, UnknownTopic
-from .clock import RealClock
-from .service import get_service
+from shepherd.adapters.sqlite_delivery import Deliverer, SqliteDeliveryQueue, UnknownTopic
+from shepherd.clock import RealClock
+from shepherd.service import get_service
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from .jobs import load_jobs
-from .tasks.registry import CONFIG_MODELS
+import shepherd
+from shepherd.jobs import load_jobs
+from shepherd.tasks.registry import CONFIG_MODELS
 
 RUNTIME = (
     "croniter",
@@ -42,7 +43,7 @@ def _package_files(root: Path) -> Iterator[Path]:
 def build(out: Path, jobs: Path, functions_main: Path) -> list[str]:
     """Writes the archive; returns its entry names. Refuses an invalid job file."""
     load_jobs(jobs, CONFIG_MODELS)
-    package = Path(__file__).resolve().parent
+    package = Path(shepherd.__file__).resolve().parent
     entries: list[tuple[str, bytes]] = [
         ("main.py", functions_main.read_bytes()),
         ("requirements.txt", requirements().encode()),

@@ -20,21 +20,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .adapters.buildbucket_prpc import PrpcBuildsClient
-from .adapters.embedded import EmbeddedTopic, VirtualTimerQueue
-from .adapters.sqlite_store import SqliteStore
-from .clock import VirtualClock
-from .debuglog import format_log
-from .durations import SECOND, parse_duration
-from .engine import Engine, RetryLater
-from .jobs import ConfigError, parse_jobs
-from .model import Invocation, PubSubMessage
-from .ports import Store
-from .schemas import TriggerBody
-from .signing import TokenSigner
+from shepherd.adapters.buildbucket_prpc import PrpcBuildsClient
+from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
+from shepherd.adapters.sqlite_store import SqliteStore
+from shepherd.clock import VirtualClock
+from shepherd.debuglog import format_log
+from shepherd.durations import SECOND, parse_duration
+from shepherd.engine import Engine, RetryLater
+from shepherd.jobs import ConfigError, parse_jobs
+from shepherd.model import Invocation, PubSubMessage
+from shepherd.ports import Store
+from shepherd.schemas import TriggerBody
+from shepherd.signing import TokenSigner
+from shepherd.tasks.registry import CONFIG_MODELS, make_kinds
+from shepherd.timestamps import parse_rfc3339
+
 from .simulator.control import SimulatorProcess
-from .tasks.registry import CONFIG_MODELS, make_kinds
-from .timestamps import parse_rfc3339
 
 RETRY_DELAY_NS = 10 * SECOND
 MAX_STEPS = 100_000
@@ -58,7 +59,7 @@ def load_scenario(name_or_path: str) -> Scenario:
     if path.suffix == ".toml" or path.exists():
         text, name = path.read_text(encoding="utf-8"), path.stem
     else:
-        source = resources.files("shepherd") / "scenarios" / f"{name_or_path}.toml"
+        source = resources.files("shepherd_tools") / "scenarios" / f"{name_or_path}.toml"
         if not source.is_file():
             raise FileNotFoundError(f'no scenario named "{name_or_path}"')
         text, name = source.read_text(encoding="utf-8"), name_or_path

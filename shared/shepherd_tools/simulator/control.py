@@ -11,7 +11,8 @@ import httpx
 
 
 class SimulatorProcess:
-    """`with SimulatorProcess() as sim:` starts `python -m shepherd.simulator` on a free port."""
+    """`with SimulatorProcess() as sim:` starts `python -m shepherd_tools.simulator` on a free
+    port."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self._host = host
@@ -21,7 +22,7 @@ class SimulatorProcess:
 
     def __enter__(self) -> SimulatorProcess:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "shepherd.simulator", "--host", self._host, "--port", "0"],
+            [sys.executable, "-m", "shepherd_tools.simulator", "--host", self._host, "--port", "0"],
             stdout=subprocess.PIPE,
             text=True,
         )

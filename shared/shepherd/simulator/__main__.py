@@ -1,5 +1,0 @@
-import sys
-
-from shepherd.simulator.server import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from shepherd_tools.simulator.server import main
+
+sys.exit(main())
