@@ -11,6 +11,15 @@ from emulators import Emulator, start_firestore, start_pubsub, start_tasks
 from localstack import DevProcess, write_jobs
 from shepherd_tools.simulator.control import SimulatorProcess
 
+EMULATOR_FIXTURES = {"firestore_emulator", "pubsub_emulator", "tasks_emulator"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses an emulator is marked `emulator`, so the fast loop can leave it out."""
+    for item in items:
+        if EMULATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.emulator)
+
 
 @pytest.fixture(scope="session")
 def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:

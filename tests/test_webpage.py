@@ -66,6 +66,8 @@ def headless(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.browser
+@pytest.mark.stack
 def test_the_seed_invocation_page_in_chromium(
     seed_page: tuple[DevProcess, str], tmp_path: Path
 ) -> None:
@@ -88,6 +90,8 @@ def test_the_seed_invocation_page_in_chromium(
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
 
+@pytest.mark.browser
+@pytest.mark.stack
 def test_the_index_lists_jobs_and_invocations(seed_page: tuple[DevProcess, str]) -> None:
     dev, invocation_id = seed_page
     dom = headless("--dump-dom", f"{dev.url}/api/")
