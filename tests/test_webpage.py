@@ -101,6 +101,17 @@ def test_the_seed_invocation_page_in_chromium(
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
 
 
+def test_the_api_gives_each_line_its_kind_and_call(
+    seed_page: tuple[DevProcess, str], seed_replay: tuple[Path, CountedReplay]
+) -> None:
+    dev, invocation_id = seed_page
+    log = dev.invocation(invocation_id)["log"]
+    entries = seed_replay[1].entries
+    assert [(line["text"], line["kind"]) for line in log] == [(e.text, e.kind) for e in entries]
+    assert [line.get("call") for line in log] == [e.call for e in entries]
+    assert sum("call" in line for line in log) == 1 + seed_replay[1].simulator_calls["GetBuild"]
+
+
 def test_the_index_lists_jobs_and_invocations(seed_page: tuple[DevProcess, str]) -> None:
     dev, invocation_id = seed_page
     dom = headless("--dump-dom", f"{dev.url}/api/")
