@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import Status
+from .model import LogKind, Status
 from .schemas import TimerBody, TriggerBody
 from .web import MAX_BODY_BYTES
 
@@ -164,9 +164,12 @@ def document() -> dict[str, Any]:
                             "type": "array",
                             "items": {
                                 "type": "object",
+                                "required": ["time", "text", "kind"],
                                 "properties": {
                                     "time": {"type": "string"},
                                     "text": {"type": "string"},
+                                    "kind": {"type": "string", "enum": [k.value for k in LogKind]},
+                                    "call": {"type": "string"},
                                 },
                             },
                         },

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
-from .debuglog import format_log
+from .debuglog import entry_json, format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
 from .model import Invocation, PubSubMessage
 from .schemas import PushedMessage, TimerBody, TriggerBody
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 # Each function imports what only it needs when it first needs it: cold starts stay short.
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20  # larger request bodies get 413
 
@@ -85,7 +85,7 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
         except (RetryLater, sqlite3.OperationalError) as e:
             return _error(503, f"try again later: {e}")
         except Exception:
-            log.exception("%s failed", handler.__name__)
+            logger.exception("%s failed", handler.__name__)
             return _error(500, "internal error; the request changed nothing it could not redo")
 
     return run
@@ -182,7 +182,7 @@ def pubsub_message(event: CloudEvent) -> PubSubMessage | None:
         pushed = PushedMessage.model_validate(message)
         payload = base64.b64decode(pushed.data, validate=True)
     except (ValidationError, binascii.Error, ValueError) as e:
-        log.warning("event %s carries no Pub/Sub message: %s", event.get("id"), e)
+        logger.warning("event %s carries no Pub/Sub message: %s", event.get("id"), e)
         return None
     return PubSubMessage(payload, pushed.attributes, pushed.message_id or str(event.get("id")))
 
@@ -196,7 +196,7 @@ def on_build_notification(event: CloudEvent) -> None:
         outcome = get_service().engine.handle_notification(message)
     except (RetryLater, sqlite3.OperationalError) as e:
         raise ServiceUnavailable(f"try again later: {e}") from None
-    log.info("notification %s: %s", message.message_id, outcome.value)
+    logger.info("notification %s: %s", message.message_id, outcome.value)
 
 
 # --- scheduler -----------------------------------------------------------------------------
@@ -249,8 +249,7 @@ def api(request: Request) -> Response:
             return Response(format_log(entries), mimetype="text/plain")
         if action:
             return _error(404, f'no such route "{request.path}"')
-        log_json = [{"time": format_rfc3339(e.time_ns), "text": e.text} for e in entries]
-        return _json(200, {**invocation_json(found), "log": log_json})
+        return _json(200, {**invocation_json(found), "log": [entry_json(e) for e in entries]})
     if parts[0] == "jobs" and len(parts) >= 3 and parts[-1] == "invocations":
         _require(request, "GET")
         job_id = "/".join(parts[1:-1])

@@ -22,7 +22,7 @@ from shepherd.adapters.sqlite_delivery import Deliverer, SqliteDeliveryQueue, Un
 from shepherd.clock import RealClock
 from shepherd.service import get_service
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # route -> (target in functions/main.py, signature type)
 ROUTES = {
@@ -159,7 +159,7 @@ class SchedulerTicker:
                 try:
                     client.post(self._url)
                 except httpx.HTTPError as e:
-                    log.warning("scheduler tick failed: %s", e)
+                    logger.warning("scheduler tick failed: %s", e)
 
 
 def serve(host: str, port: int) -> int:
@@ -186,7 +186,7 @@ def serve(host: str, port: int) -> int:
         name = ensure_push_subscription(
             os.environ["SHEPHERD_TOPIC"], url + "/on-build-notification"
         )
-        log.info("push subscription %s -> %s/on-build-notification", name, url)
+        logger.info("push subscription %s -> %s/on-build-notification", name, url)
     recovered = service.engine.recover()
     if deliverer is not None:
         deliverer.start()
@@ -202,7 +202,7 @@ def serve(host: str, port: int) -> int:
     signal.signal(signal.SIGINT, stop)
     print(f"listening on {url}", flush=True)
     if recovered:
-        log.info("handed %d pending timers to the queue again", recovered)
+        logger.info("handed %d pending timers to the queue again", recovered)
     try:
         server.serve_forever()
     finally:

@@ -20,7 +20,7 @@ from google.protobuf import timestamp_pb2
 
 from ..model import QueuedTask
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -85,4 +85,4 @@ class CloudTasksQueue:
                 task=tasks_v2.Task(name=name, schedule_time=eta, http_request=http),
             )
         except gexc.AlreadyExists:
-            log.info("task %s exists already", name)
+            logger.info("task %s exists already", name)

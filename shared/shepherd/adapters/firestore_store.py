@@ -4,7 +4,8 @@ Layout:
 - `invocations/{id}`: the invocation as JSON (`state`) plus the fields queries need
   (`job_id`, `status`, `created_ns`, `mutation_count`);
 - `invocations/{id}/log/{mutation count, 8 digits}`: the lines one change appended, so an event
-  costs one read and two writes however many lines it logs;
+  costs one read and two writes however many lines it logs; each entry is `t` (time), `x`
+  (text), `k` (kind) and `c` (the outbound call, when it records one);
 - `requests/{quoted job id}:{sha256 of the request id}`: the invocation a request id started.
 Job ids carry "/" and spaces, so they are percent-quoted wherever they name a document.
 """
@@ -22,7 +23,7 @@ from urllib.parse import quote
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from ..model import Invocation, LogEntry, Status
+from ..model import Invocation, LogEntry, LogKind, Status
 from ..ports import ConflictError, StoreStats
 
 INVOCATIONS = "invocations"
@@ -52,8 +53,19 @@ def _invocation(snapshot: Any) -> Invocation:
     return Invocation.from_dict(json.loads(snapshot.get("state")))
 
 
+def _log_item(entry: LogEntry) -> dict[str, Any]:
+    item: dict[str, Any] = {"t": entry.time_ns, "x": entry.text, "k": entry.kind.value}
+    if entry.call is not None:
+        item["c"] = entry.call
+    return item
+
+
+def _log_entry(item: dict[str, Any]) -> LogEntry:
+    return LogEntry(item["t"], item["x"], LogKind.stored(item.get("k")), item.get("c"))
+
+
 def _log_doc(entries: Sequence[LogEntry], retention_ns: int | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"entries": [{"t": e.time_ns, "x": e.text} for e in entries]}
+    doc: dict[str, Any] = {"entries": [_log_item(e) for e in entries]}
     if retention_ns is not None:
         # The TTL policy on `log.expire_at` (terraform) deletes old chunks.
         expires = (entries[-1].time_ns + retention_ns) / 1e9
@@ -184,7 +196,7 @@ class FirestoreStore:
 
     def read_log(self, invocation_id: int) -> list[LogEntry]:
         docs = self._doc(invocation_id).collection(LOG).order_by("__name__").stream()
-        return [LogEntry(e["t"], e["x"]) for doc in docs for e in doc.get("entries")]
+        return [_log_entry(e) for doc in docs for e in doc.get("entries")]
 
     def list_invocations(self, job_id: str, limit: int = 50) -> list[Invocation]:
         query = (

@@ -30,7 +30,7 @@ from ..timestamps import format_rfc3339
 from .embedded import topic_name
 from .sqlite_db import create_schema, transaction
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LEASE_NS = 180 * SECOND  # longer than a delivery's HTTP timeout, so none is sent twice at once
 MAX_BACKOFF_NS = 10 * SECOND
@@ -212,7 +212,7 @@ class Deliverer:
                 wait_s = 0.0 if leased else self._idle_wait_s()
             except sqlite3.Error:
                 # A busy or broken store must not end the thread: look again shortly.
-                log.exception("cannot read the delivery queue")
+                logger.exception("cannot read the delivery queue")
                 wait_s = 0.5
             if wait_s:
                 self._wake.wait(wait_s)
@@ -245,9 +245,9 @@ class Deliverer:
             # A 4xx means the request itself is wrong: sending it again would not help.
             delivered = response.status_code < 500
             if response.status_code >= 400:
-                log.warning("%s: %d %s", item.name, response.status_code, response.text)
+                logger.warning("%s: %d %s", item.name, response.status_code, response.text)
         except httpx.HTTPError as e:
-            log.warning("%s: %s", item.name, e)
+            logger.warning("%s: %s", item.name, e)
             delivered = False
         try:
             if delivered:
@@ -256,5 +256,5 @@ class Deliverer:
                 backoff = min(100 * MILLISECOND * 2**item.attempts, MAX_BACKOFF_NS)
                 self._queue.retry(item.name, self._clock.now_ns() + backoff)
         except sqlite3.Error:
-            log.exception("%s: cannot record the delivery", item.name)
+            logger.exception("%s: cannot record the delivery", item.name)
         self._wake.set()
