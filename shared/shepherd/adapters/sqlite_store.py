@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..model import Invocation, LogEntry
 from ..ports import ConflictError, StoreStats
-from .sqlite_db import create_schema, transaction
+from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invocations (
@@ -43,13 +43,16 @@ CREATE TABLE IF NOT EXISTS log_lines (
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    """A busy lock past `timeout_s`, or a failing disk, raises StoreUnavailable."""
+
+    def __init__(self, path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._path = str(path)
+        self._timeout_s = timeout_s
         self.stats = StoreStats()
-        create_schema(self._path, _SCHEMA)
+        create_schema(self._path, _SCHEMA, timeout_s)
 
     def _transaction(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._path, write)
+        return transaction(self._path, write, self._timeout_s)
 
     def _append_log(
         self, db: sqlite3.Connection, invocation: Invocation, log: Sequence[LogEntry]
