@@ -29,4 +29,7 @@ def transient_cause(error: BaseException) -> BaseException | None:
 
 def describe(error: BaseException) -> str:
     message = getattr(error, "message", None) or str(error)
-    return f"{type(error).__name__}: {message}"
+    text = f"{type(error).__name__}: {message}"
+    if isinstance(error, gexc.RetryError) and error.cause is not None:
+        text += f" (last: {describe(error.cause)})"
+    return text

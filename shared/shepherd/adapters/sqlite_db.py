@@ -40,7 +40,7 @@ def transaction(
     except sqlite3.OperationalError as e:
         if e.sqlite_errorcode & 0xFF not in _TRANSIENT:
             raise
-        raise StoreUnavailable(f"the SQLite store {path}: {e}") from e
+        raise StoreUnavailable(f"the SQLite store: {e}") from e
 
 
 def create_schema(path: str, schema: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
