@@ -200,3 +200,43 @@ def test_firestore_briefly_unavailable_answers_503_then_succeeds(
     assert sorted(i["id"] for i in listed.json()["invocations"]) == sorted(
         [running, created.json()["invocation_id"]]
     )
+
+
+# --- Cloud Tasks -----------------------------------------------------------------------------
+
+
+def test_cloud_tasks_briefly_unavailable_trigger_answers_503_then_starts(
+    sim: SimulatorProcess,
+    firestore_emulator: Emulator,
+    pubsub_emulator: Emulator,
+    tasks_emulator: Emulator,
+    tmp_path: Path,
+) -> None:
+    """The invocation is stored before its start is enqueued: the trigger's 503 asks for the
+    same request again, which finds the invocation and enqueues its start."""
+    clear_firestore(firestore_emulator.host)
+    tasks = TcpProxy(tasks_emulator.host)
+    env = {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
+        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
+        "CLOUD_TASKS_EMULATOR_HOST": tasks.host,
+        "SHEPHERD_TASKS_QUEUE": f"projects/{PROJECT}/locations/us-central1/queues/tasks-outage",
+        "SHEPHERD_TOPIC": f"projects/{PROJECT}/topics/tasks-outage",
+    }
+    dev = DevProcess(tmp_path, write_jobs(tmp_path / "jobs.toml", sim.url), env).start()
+    try:
+        sim.configure({"publish_url": f"http://{pubsub_emulator.host}", "script": LONG})
+        dev.wait_for(dev.trigger(request_id="first"), {"RUNNING"})  # the queue is in use
+        tasks.cut()
+        try:
+            answered_503(lambda: trigger(dev, "during"), "Cloud Tasks", bound_s=25)
+        finally:
+            tasks.restore()
+        created = until_not_503(lambda: trigger(dev, "during"))
+        assert created.status_code == 202, created.text
+        dev.wait_for(created.json()["invocation_id"], {"RUNNING"})
+        assert sim.state()["calls"]["ScheduleBuild"] == 2
+    finally:
+        dev.stop()
+        tasks.close()
