@@ -121,14 +121,14 @@ def _pubsub_topic(config: Config) -> NotificationTopic:
 
 
 def _google_cloud(
-    config: Config, project: str, timer_headers: dict[str, str]
+    config: Config, timer_headers: dict[str, str]
 ) -> tuple[Store, TimerQueue, NotificationTopic]:
     from google.cloud import firestore
 
     from .adapters.firestore_store import FirestoreStore
 
     store = FirestoreStore(
-        firestore.Client(project=project),
+        firestore.Client(project=config.project),
         retention_ns=config.log_retention_ns,
         **_timeout_s(config),
     )
@@ -151,7 +151,7 @@ def build_service(config: Config) -> Service:
     timer_auth, timer_headers = _timer_auth(config, key)
     embedded = None
     if config.project:
-        store, queue, topic = _google_cloud(config, config.project, timer_headers)
+        store, queue, topic = _google_cloud(config, timer_headers)
     else:
         store, queue, topic, embedded = _embedded(config, jobs)
     clock = RealClock()
