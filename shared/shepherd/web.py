@@ -10,7 +10,6 @@ import base64
 import binascii
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from .auth import Unauthorized
 from .debuglog import entry_json, format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
 from .model import Invocation, PubSubMessage
+from .ports import Unavailable
 from .schemas import PushedMessage, TimerBody, TriggerBody
 from .service import get_service
 from .timestamps import format_rfc3339
@@ -82,7 +82,7 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
             return http_error(e)
         except ValidationError as e:
             return _error(400, _describe(e))
-        except (RetryLater, sqlite3.OperationalError) as e:
+        except (RetryLater, Unavailable) as e:
             return _error(503, f"try again later: {e}")
         except Exception:
             logger.exception("%s failed", handler.__name__)
@@ -194,7 +194,7 @@ def on_build_notification(event: CloudEvent) -> None:
         return
     try:
         outcome = get_service().engine.handle_notification(message)
-    except (RetryLater, sqlite3.OperationalError) as e:
+    except (RetryLater, Unavailable) as e:
         raise ServiceUnavailable(f"try again later: {e}") from None
     logger.info("notification %s: %s", message.message_id, outcome.value)
 

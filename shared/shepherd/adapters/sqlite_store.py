@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..model import Invocation, LogEntry, LogKind
 from ..ports import ConflictError, StoreStats
-from .sqlite_db import create_schema, transaction
+from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invocations (
@@ -46,8 +46,8 @@ CREATE TABLE IF NOT EXISTS log_lines (
 _ADDED_LOG_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'info'", "call": "TEXT"}
 
 
-def _add_missing_columns(path: str) -> None:
-    with transaction(path, write=True) as db:
+def _add_missing_columns(path: str, timeout_s: float) -> None:
+    with transaction(path, write=True, timeout_s=timeout_s) as db:
         present = {row[1] for row in db.execute("PRAGMA table_info(log_lines)")}
         for name, definition in _ADDED_LOG_COLUMNS.items():
             if name not in present:
@@ -55,14 +55,17 @@ def _add_missing_columns(path: str) -> None:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    """A busy lock past `timeout_s`, or a failing disk, raises StoreUnavailable."""
+
+    def __init__(self, path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._path = str(path)
+        self._timeout_s = timeout_s
         self.stats = StoreStats()
-        create_schema(self._path, _SCHEMA)
-        _add_missing_columns(self._path)
+        create_schema(self._path, _SCHEMA, timeout_s)
+        _add_missing_columns(self._path, timeout_s)
 
     def _transaction(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._path, write)
+        return transaction(self._path, write, self._timeout_s)
 
     def _append_log(
         self, db: sqlite3.Connection, invocation: Invocation, log: Sequence[LogEntry]
