@@ -6,6 +6,7 @@ same run as its baseline (LUCI's status policy, a functions-framework hello worl
 
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
 import json
@@ -44,6 +45,7 @@ POLICIES = ("luci", "shepherd")
 DURATIONS_H = (1, 6, 12)
 DROPS = (0.0, 0.5, 1.0)
 SEEDS = (1, 2, 3)
+STEPS = ("calls", "store_ops", "cold_start", "throughput", "replay")
 
 
 def scenario(policy: str, hours: float, drop: float, seed: int) -> Any:
@@ -183,12 +185,58 @@ def hello(request):
 """
 
 
-def _first_answer_s(venv: Path, source: Path, target: str, path: str, env: dict[str, str]) -> float:
+@dataclasses.dataclass(frozen=True)
+class FirstRequest:
+    """A real request a freshly started function handles, and the answer that shows it did."""
+
+    method: str
+    path: str
+    status: int
+    body: Any = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _first_requests() -> dict[str, FirstRequest]:
+    """One per deployed function (functions/main.py); each must run the function's whole path."""
+    from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
+
+    unknown = 2**62  # an invocation that does not exist: acknowledged, changes nothing
+    token = TokenSigner(SECRET.encode()).sign(JOB, unknown)
+    notification = json.dumps({"userData": base64.b64encode(token.encode()).decode()})
+    message = {"data": base64.b64encode(notification.encode()).decode(), "messageId": "1"}
+    return {
+        "trigger": FirstRequest("POST", "/", 202, {"job": JOB}),
+        "on_timer": FirstRequest(
+            "POST",
+            "/",
+            200,
+            {"invocation_id": str(unknown), "timer_id": "cold", "name": "cold"},
+            {TIMER_TOKEN_HEADER: timer_token(SECRET.encode())},
+        ),
+        "on_build_notification": FirstRequest(
+            "POST",
+            "/",
+            200,
+            {"message": message, "subscription": "projects/p/subscriptions/s"},
+        ),
+        "api": FirstRequest("GET", "/jobs/chromium%2FWindows%20deterministic/invocations", 200),
+        "scheduler": FirstRequest("POST", "/", 200),
+    }
+
+
+HELLO_REQUEST = FirstRequest("GET", "/", 200)
+
+
+def _first_answer_s(
+    venv: Path, source: Path, target: str, first: FirstRequest, env: dict[str, str]
+) -> float:
+    """From the process's start to the first answer the function gives to a real request."""
     from emulators import free_port
 
     port = free_port()
     cmd = [str(venv / "bin" / "functions-framework"), "--source", str(source)]
     cmd += ["--target", target, "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}{first.path}"
     started = time.perf_counter()
     proc = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -196,10 +244,16 @@ def _first_answer_s(venv: Path, source: Path, target: str, path: str, env: dict[
     try:
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code == 200:
-                    return time.perf_counter() - started
+                answer = httpx.request(
+                    first.method, url, json=first.body, headers=first.headers, timeout=30
+                )
             except httpx.TransportError:
                 time.sleep(0.005)
+            else:
+                elapsed = time.perf_counter() - started
+                if answer.status_code != first.status:
+                    raise RuntimeError(f"{target}: {answer.status_code} {answer.text[:300]}")
+                return elapsed
             if time.perf_counter() - started > 60:
                 raise RuntimeError(f"{target} did not answer")
     finally:
@@ -207,28 +261,30 @@ def _first_answer_s(venv: Path, source: Path, target: str, path: str, env: dict[
         proc.wait()
 
 
-def cold_start(sim: SimulatorProcess, workdir: Path, runs: int = 7) -> dict[str, Any]:
-    """What Cloud Functions runs: the `make package` archive, in a virtualenv that has only its
-    requirements.txt, against a hello world in the same virtualenv."""
+def _deployed_venv(workdir: Path, jobs: Path) -> tuple[Path, Path]:
+    """The `make package` archive unpacked, and a virtualenv with only its requirements."""
     from shepherd_tools.package import build
 
-    jobs = write_jobs(workdir / "cold-jobs.toml", sim.url)
     archive, deployed = workdir / "functions.zip", workdir / "deployed"
     build(archive, jobs, ROOT / "functions" / "main.py")
     with zipfile.ZipFile(archive) as z:
         z.extractall(deployed)
     venv = workdir / "deploy-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [
-        str(venv / "bin" / "pip"),
-        "install",
-        "--quiet",
-        "-r",
-        str(deployed / "requirements.txt"),
-    ]
+    requirements = str(deployed / "requirements.txt")
+    pip = [str(venv / "bin" / "pip"), "install", "--quiet", "-r", requirements]
     subprocess.run(pip, check=True, capture_output=True)
+    return venv, deployed
+
+
+def cold_start(sim: SimulatorProcess, workdir: Path, runs: int = 7) -> dict[str, Any]:
+    """What Cloud Functions runs: each function of the `make package` archive, in a virtualenv
+    that has only its requirements.txt, each against a hello world in the same virtualenv. Runs
+    alternate (hello, function, hello, next function, ...) so that both see the same machine."""
+    jobs = write_jobs(workdir / "cold-jobs.toml", sim.url)
+    venv, deployed = _deployed_venv(workdir, jobs)
     hello = workdir / "hello" / "main.py"
-    hello.parent.mkdir()
+    hello.parent.mkdir(exist_ok=True)
     hello.write_text(HELLO)
     env = {
         "SHEPHERD_JOBS": str(deployed / "jobs.toml"),
@@ -236,19 +292,32 @@ def cold_start(sim: SimulatorProcess, workdir: Path, runs: int = 7) -> dict[str,
         "SHEPHERD_SECRET": SECRET,
         "PYTHONPATH": str(deployed),
     }
-    job_path = "/jobs/chromium%2FWindows%20deterministic/invocations"
-    samples: dict[str, list[float]] = {"hello": [], "shepherd_api": []}
-    for _ in range(runs):  # interleaved, so both see the same machine
-        samples["hello"].append(_first_answer_s(venv, hello, "hello", "/", {}))
-        samples["shepherd_api"].append(
-            _first_answer_s(venv, deployed / "main.py", "api", job_path, env)
-        )
-    out: dict[str, Any] = {
-        name: {"min_s": min(v), "median_s": statistics.median(v)} for name, v in samples.items()
+    firsts = _first_requests()
+    hello_s: dict[str, list[float]] = {target: [] for target in firsts}
+    ours_s: dict[str, list[float]] = {target: [] for target in firsts}
+    for _ in range(runs):
+        for target, first in firsts.items():
+            hello_s[target].append(_first_answer_s(venv, hello, "hello", HELLO_REQUEST, {}))
+            ours_s[target].append(_first_answer_s(venv, deployed / "main.py", target, first, env))
+    all_hello = [s for samples in hello_s.values() for s in samples]
+    functions = {
+        target: {
+            "min_s": min(ours_s[target]),
+            "median_s": statistics.median(ours_s[target]),
+            "hello_median_s": statistics.median(hello_s[target]),
+            "ratio_median": statistics.median(ours_s[target]) / statistics.median(hello_s[target]),
+        }
+        for target in firsts
     }
-    out["ratio_median"] = out["shepherd_api"]["median_s"] / out["hello"]["median_s"]
-    out["runs"] = runs
-    return out
+    worst = max(functions, key=lambda t: functions[t]["ratio_median"])
+    return {
+        "runs": runs,
+        "hello": {"min_s": min(all_hello), "median_s": statistics.median(all_hello)},
+        "functions": functions,
+        "worst": worst,
+        "worst_ratio": functions[worst]["ratio_median"],
+        "goal_ratio": 1.3,
+    }
 
 
 # --- 4. Throughput and latency through the local stack ------------------------------------
@@ -456,13 +525,22 @@ def markdown(results: dict[str, Any]) -> str:
                     "goal ≤ 1 / ≤ 2 / 1",
                 )
             )
-    cold, ours, hello = results["cold_start"], "shepherd_api", "hello"
+    cold = results["cold_start"]
+    for target, f in cold["functions"].items():
+        lines.append(
+            _row(
+                f"cold start of `{target}` to its first answer, median (min) of {cold['runs']}",
+                f"{f['median_s']:.2f} s ({f['min_s']:.2f} s)",
+                f"hello world {f['hello_median_s']:.2f} s",
+                f"{f['ratio_median']:.2f}",
+            )
+        )
     lines.append(
         _row(
-            f"cold start to the first answer, median (min) of {cold['runs']}",
-            f"{cold[ours]['median_s']:.2f} s ({cold[ours]['min_s']:.2f} s)",
-            f"hello world {cold[hello]['median_s']:.2f} s ({cold[hello]['min_s']:.2f} s)",
-            f"{cold['ratio_median']:.2f}",
+            "cold start, the worst function's ratio",
+            f"`{cold['worst']}`",
+            f"goal ≤ {cold['goal_ratio']}",
+            f"{cold['worst_ratio']:.2f}",
         )
     )
     tp = results["throughput"]
@@ -503,6 +581,13 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        choices=STEPS,
+        help="run one benchmark and print its figures (bench/ and README.md stay as they are)",
+    )
+    only = parser.parse_args().only
     started = time.perf_counter()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -511,17 +596,22 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
         workdir = Path(tmp)
-        steps = [
-            ("calls", lambda: calls_per_build_hour(sim, workdir)),
-            ("store_ops", lambda: store_ops(sim, workdir)),
-            ("cold_start", lambda: cold_start(sim, workdir)),
-            ("throughput", lambda: throughput(sim, workdir)),
-            ("replay", lambda: replay_wall_time(workdir)),
-        ]
-        for name, step in steps:
+        steps = {
+            "calls": lambda: calls_per_build_hour(sim, workdir),
+            "store_ops": lambda: store_ops(sim, workdir),
+            "cold_start": lambda: cold_start(sim, workdir),
+            "throughput": lambda: throughput(sim, workdir),
+            "replay": lambda: replay_wall_time(workdir),
+        }
+        for name, step in steps.items():
+            if only and name != only:
+                continue
             t0 = time.perf_counter()
             results[name] = step()
             print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    if only:
+        print(json.dumps(results[only], indent=2))
+        return
     results["cost"] = cost_model(results["calls"], results["store_ops"])
     results["seconds"] = time.perf_counter() - started
     (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
