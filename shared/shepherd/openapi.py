@@ -8,11 +8,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import Status
-from .schemas import TimerBody, TriggerBody
-from .web import MAX_BODY_BYTES
+from pydantic import TypeAdapter
 
-ERROR = {"$ref": "#/components/schemas/Error"}
+from .schemas import TimerBody, TriggerBody
+from .views import (
+    MAX_BODY_BYTES,
+    Error,
+    InvocationList,
+    InvocationView,
+    InvocationWithLog,
+    TimerHandled,
+    Triggered,
+)
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(kind: type) -> dict[str, str]:
+    return {"$ref": REF.format(model=kind.__name__)}
+
+
+ERROR = _ref(Error)
+
+
+def _view_schemas(*kinds: type) -> dict[str, Any]:
+    """The JSON schemas of the views (views.py), each named after its class."""
+    schemas: dict[str, Any] = {}
+    for kind in kinds:
+        schema = TypeAdapter(kind).json_schema(ref_template=REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[kind.__name__] = schema
+    return schemas
 
 
 def _responses(ok: str, ok_schema: dict[str, Any] | None, *errors: int) -> dict[str, Any]:
@@ -47,9 +73,8 @@ INVOCATION_ID = {
 
 
 def document() -> dict[str, Any]:
-    trigger_body = TriggerBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    trigger_body = TriggerBody.model_json_schema(ref_template=REF)
     defs = trigger_body.pop("$defs", {})
-    invocation = {"$ref": "#/components/schemas/Invocation"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "shepherd", "version": "1"},
@@ -60,7 +85,7 @@ def document() -> dict[str, Any]:
                     "requestBody": {"required": True, "content": _json(trigger_body)},
                     "responses": _responses(
                         "202 queued",
-                        _json({"$ref": "#/components/schemas/Triggered"}),
+                        _json(_ref(Triggered)),
                         400,
                         404,
                         413,
@@ -76,7 +101,7 @@ def document() -> dict[str, Any]:
                     },
                     "responses": _responses(
                         "200 handled, stale or ignored",
-                        _json({"type": "object", "properties": {"outcome": {"type": "string"}}}),
+                        _json(_ref(TimerHandled)),
                         400,
                         401,
                         413,
@@ -87,7 +112,9 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "One invocation with its log",
                     "parameters": [INVOCATION_ID],
-                    "responses": _responses("200 the invocation", _json(invocation), 400, 404),
+                    "responses": _responses(
+                        "200 the invocation", _json(_ref(InvocationWithLog)), 400, 404
+                    ),
                 }
             },
             "/api/invocations/{id}/log": {
@@ -103,7 +130,9 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Cancel the build; the invocation ends ABORTED",
                     "parameters": [INVOCATION_ID],
-                    "responses": _responses("200 aborted", _json(invocation), 400, 404, 409),
+                    "responses": _responses(
+                        "200 aborted", _json(_ref(InvocationView)), 400, 404, 409
+                    ),
                 }
             },
             "/api/jobs/{job}/invocations": {
@@ -119,14 +148,7 @@ def document() -> dict[str, Any]:
                     ],
                     "responses": _responses(
                         "200 the invocations",
-                        _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "invocations": {"type": "array", "items": invocation}
-                                },
-                            }
-                        ),
+                        _json(_ref(InvocationList)),
                         400,
                         404,
                     ),
@@ -136,42 +158,15 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": {
                 **defs,
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-                "Triggered": {
-                    "type": "object",
-                    "required": ["invocation_id", "url"],
-                    "properties": {"invocation_id": {"type": "string"}, "url": {"type": "string"}},
-                },
                 "TimerTask": TimerBody.model_json_schema(),
-                "Invocation": {
-                    "type": "object",
-                    "required": ["id", "job", "status"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "job": {"type": "string"},
-                        "status": {"type": "string", "enum": [s.value for s in Status]},
-                        "attempt": {"type": "integer"},
-                        "build_id": {"type": ["string", "null"]},
-                        "view_url": {"type": ["string", "null"]},
-                        "created": {"type": "string"},
-                        "started": {"type": ["string", "null"]},
-                        "finished": {"type": ["string", "null"]},
-                        "log": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "time": {"type": "string"},
-                                    "text": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
+                **_view_schemas(
+                    Error,
+                    Triggered,
+                    TimerHandled,
+                    InvocationView,
+                    InvocationWithLog,
+                    InvocationList,
+                ),
             }
         },
     }
