@@ -6,11 +6,15 @@ and the paths below `/api` are the api function's.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import TypeAdapter
 
 from .schemas import TimerBody, TriggerBody
+from .validation import Model
 from .views import (
     MAX_BODY_BYTES,
     Error,
@@ -29,6 +33,35 @@ def _ref(kind: type) -> dict[str, str]:
 
 
 ERROR = _ref(Error)
+
+
+def _models(kind: type[Model]) -> Iterator[type[Model]]:
+    """The model and the models its fields hold, however deep."""
+    yield kind
+    for hint in typing.get_type_hints(kind).values():
+        for held in _types_in(hint):
+            if isinstance(held, type) and issubclass(held, Model):
+                yield from _models(held)
+
+
+def _types_in(hint: Any) -> Iterator[Any]:
+    yield hint
+    for arg in typing.get_args(hint):
+        yield from _types_in(arg)
+
+
+def _body_schemas(kind: type[Model]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A request body's schema and those of the models it holds: the types as pydantic reads
+    them, plus each field's constraints exactly as the validation applies them."""
+    schema = TypeAdapter(kind).json_schema(ref_template=REF)
+    defs = schema.pop("$defs", {})
+    for model in _models(kind):
+        target = schema if model is kind else defs[model.__name__]
+        if model.extra == "forbid":
+            target["additionalProperties"] = False
+        for f in dataclasses.fields(model):  # type: ignore[arg-type]
+            target["properties"][f.name].update(f.metadata.get("schema", {}))
+    return schema, defs
 
 
 def _view_schemas(*kinds: type) -> dict[str, Any]:
@@ -73,8 +106,8 @@ INVOCATION_ID = {
 
 
 def document() -> dict[str, Any]:
-    trigger_body = TriggerBody.model_json_schema(ref_template=REF)
-    defs = trigger_body.pop("$defs", {})
+    trigger_body, defs = _body_schemas(TriggerBody)
+    timer_task, _ = _body_schemas(TimerBody)
     return {
         "openapi": "3.1.0",
         "info": {"title": "shepherd", "version": "1"},
@@ -158,7 +191,7 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": {
                 **defs,
-                "TimerTask": TimerBody.model_json_schema(),
+                "TimerTask": timer_task,
                 **_view_schemas(
                     Error,
                     Triggered,

@@ -16,7 +16,6 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
-from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
@@ -25,6 +24,7 @@ from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJo
 from .model import PubSubMessage
 from .schemas import PushedMessage, TimerBody, TriggerBody
 from .service import get_service
+from .validation import ValidationError
 from .views import (
     MAX_BODY_BYTES,
     Error,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel
-
-from ..jobs import Settings
+from ..jobs import ConfigModel, Settings
 from ..model import PubSubMessage, Status, TriggerRequest
 
 
@@ -29,7 +27,7 @@ class Controller(Protocol):
 
     @property
     def config(self) -> Any:
-        """The job's kind-specific configuration (the kind's own pydantic model)."""
+        """The job's kind-specific configuration (what the kind's config_model validated)."""
         ...
 
     @property
@@ -65,7 +63,7 @@ class TaskKind(Protocol):
     """What one kind of task does. The engine knows nothing more about it."""
 
     name: ClassVar[str]
-    config_model: ClassVar[type[BaseModel]]
+    config_model: ClassVar[ConfigModel]
 
     def launch(self, ctl: Controller) -> None:
         """Starts the task; must move the invocation out of STARTING unless it raises."""
