@@ -11,7 +11,7 @@ IAC_VENV := .venv-iac
 IAC_STAMP := $(IAC_VENV)/.installed
 JOBS ?=
 
-.PHONY: run test soak bench lint install emulators chromium package screenshot clean
+.PHONY: run test test-fast soak bench lint install emulators chromium package screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,13 +65,18 @@ package: $(STAMP)
 test: lint emulators chromium
 	$(BIN)/pytest
 
+# The fast loop: no emulators, no local stack, no browser, no virtualenv installs (under 30 s).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	SHEPHERD_TESTS=fast $(BIN)/pytest -q -m "not emulator and not stack and not browser and not slow"
+
 # Benchmarks (not tests): writes bench/results.json and bench/RESULTS.md.
 bench: $(STAMP) emulators
 	$(BIN)/python bench/run.py
 
 # The long variants: 1,000 invocations at once, 200 under SIGKILL, 400 model-based histories.
 soak: $(STAMP)
-	SHEPHERD_SOAK=1 $(BIN)/pytest -q -s tests/test_crash_and_load.py tests/test_model_based.py
+	SHEPHERD_TESTS=soak $(BIN)/pytest -q -s tests/test_crash_and_load.py tests/test_model_based.py
 
 clean:
 	rm -rf $(VENV) $(TASKS_VENV) $(IAC_VENV) dist .shepherd .pytest_cache .ruff_cache .hypothesis

@@ -7,9 +7,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from emulators import Emulator, start_firestore, start_pubsub, start_tasks
+from emulators import Emulator, TcpProxy, start_firestore, start_pubsub, start_tasks
 from localstack import DevProcess, write_jobs
 from shepherd_tools.simulator.control import SimulatorProcess
+
+EMULATOR_FIXTURES = {"firestore_emulator", "pubsub_emulator", "tasks_emulator"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses an emulator is marked `emulator`, so the fast loop can leave it out."""
+    for item in items:
+        if EMULATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.emulator)
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +40,14 @@ def tasks_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulato
     emulator = start_tasks(tmp_path_factory.mktemp("tasks"))
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture
+def firestore_proxy(firestore_emulator: Emulator) -> Iterator[TcpProxy]:
+    """The Firestore emulator behind a proxy that the test may cut: a Firestore outage."""
+    proxy = TcpProxy(firestore_emulator.host)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture(scope="module")

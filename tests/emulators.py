@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -114,3 +116,79 @@ def start_tasks(workdir: Path) -> Emulator:
 def clear_firestore(host: str) -> None:
     url = f"http://{host}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
     httpx.delete(url).raise_for_status()
+
+
+class TcpProxy:
+    """A loopback TCP proxy to `upstream` that a test can cut and restore: an outage of the
+    service behind it, as its clients see one. Threads, bounded: at most MAX_CONNECTIONS."""
+
+    MAX_CONNECTIONS = 32
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._port = free_port()
+        self.host = f"127.0.0.1:{self._port}"
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        """Listens again on the same port."""
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self._port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Closes every live connection and refuses new ones until restore()."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            _close(listener)
+        with self._lock:
+            live, self._open = self._open, set()
+        for sock in live:
+            _close(sock)
+
+    close = cut
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self._upstream, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _close(client)
+                continue
+            with self._lock:
+                if len(self._open) >= 2 * self.MAX_CONNECTIONS or self._listener is not listener:
+                    _close(client)
+                    _close(upstream)
+                    continue
+                self._open |= {client, upstream}
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with self._lock:
+                self._open.discard(sock)
+            _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()

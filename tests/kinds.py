@@ -14,7 +14,7 @@ from shepherd.clock import VirtualClock
 from shepherd.durations import SECOND
 from shepherd.engine import Engine
 from shepherd.jobs import parse_jobs
-from shepherd.model import PubSubMessage, Status
+from shepherd.model import LogKind, PubSubMessage, Status
 from shepherd.signing import TokenSigner
 from shepherd.tasks.base import Controller
 from shepherd.tasks.registry import CONFIG_MODELS
@@ -32,7 +32,7 @@ class SleepKind:
     config_model: ClassVar[type[BaseModel]] = SleepConfig
 
     def launch(self, ctl: Controller) -> None:
-        ctl.log(f"Sleeping {ctl.config.seconds}s")
+        ctl.debug_log.write(LogKind.INFO, f"Sleeping {ctl.config.seconds}s")
         ctl.status = Status.RUNNING
         ctl.add_timer(ctl.config.seconds * SECOND, "wake-up")
 

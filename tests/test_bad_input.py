@@ -21,6 +21,8 @@ from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
 from shepherd_tools.simulator.control import SimulatorProcess
 
+pytestmark = pytest.mark.stack
+
 LONG = [
     {"status": "SCHEDULED", "for": "300ms"},
     {"status": "STARTED", "for": "1h"},

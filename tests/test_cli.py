@@ -13,6 +13,8 @@ from localstack import JOB, LONG, QUICK, DevProcess, write_jobs
 from shepherd.views import InvocationView, InvocationWithLog
 from shepherd_tools.simulator.control import SimulatorProcess
 
+pytestmark = pytest.mark.stack
+
 REPO = "https://chromium.googlesource.com/chromium/src"
 REV = "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
 

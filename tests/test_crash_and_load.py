@@ -1,6 +1,6 @@
 """The local stack under SIGKILL and under load: nothing lost, nothing done twice.
 
-`make test` runs the bounded variants; `make soak` sets SHEPHERD_SOAK=1 for the long ones.
+`make test` runs the bounded variants; `make soak` sets SHEPHERD_TESTS=soak for the long ones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import pytest
 from localstack import BUILDSET, FINAL, JOB, DevProcess, write_jobs
 from shepherd_tools.simulator.control import SimulatorProcess
 
-SOAK = os.environ.get("SHEPHERD_SOAK") == "1"
+pytestmark = pytest.mark.stack
+
+SOAK = os.environ.get("SHEPHERD_TESTS") == "soak"
 CRASH_INVOCATIONS = 200 if SOAK else 50
 LOAD_INVOCATIONS = 1000 if SOAK else 150
 SCRIPT = [

@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.engine import InvocationFinished, Outcome, RetryLater
-from shepherd.model import PubSubMessage, Status
+from shepherd.model import LogKind, PubSubMessage, Status
+from shepherd.webpage import marks
 from shepherd_tools.replay import ReplayResult, Scenario, VirtualStack, load_scenario, replay
 from shepherd_tools.simulator.control import SimulatorProcess
 
@@ -172,8 +174,11 @@ def test_abort_cancels_the_build(stack: VirtualStack) -> None:
     assert aborted.status is Status.ABORTED
     assert stack.sim.state()["builds"][0]["status"] == "CANCELED"
     assert stack.sim.state()["calls"]["CancelBuild"] == 1
-    log = [e.text for e in stack.store.read_log(invocation_id)]
+    entries = stack.store.read_log(invocation_id)
+    log = [e.text for e in entries]
     assert log[-2] == "Invocation was manually aborted by user"
+    assert (entries[-2].kind, entries[-2].call) == (LogKind.ABORT, "CancelBuild")
+    assert [e.call for e in entries].count("CancelBuild") == 1
     assert log[-1].endswith("with status ABORTED")
     with pytest.raises(InvocationFinished):
         stack.engine.abort(invocation_id)
@@ -252,3 +257,23 @@ def test_shepherd_policy_trusts_notifications_and_checks_every_max(
     handled = sum(line.startswith("Handling timer") for line in lines)
     assert result.simulator_calls["GetBuild"] == handled  # none for notifications
     assert lines[-2].startswith("Build:\n")
+    # The builds the notifications brought are no GetBuild, in the log and on the page.
+    entries = SqliteStore(tmp_path / "state.db").read_log(result.invocation.id)
+    brought = [e for e in entries if e.kind in (LogKind.BUILD_STATUS, LogKind.BUILD)][1:]
+    assert [e.call for e in brought].count(None) == 2  # STARTED, SUCCESS
+    labels = [m.label for m in marks(entries)]
+    assert labels.count("GetBuild") == result.simulator_calls["GetBuild"]
+
+
+def test_timeout_line_records_the_cancel_build(sim: SimulatorProcess, tmp_path: Path) -> None:
+    seed = load_scenario("seed")
+    settings = {**seed.jobs["settings"], "invocation_timeout": "1h"}
+    timing_out = dataclasses.replace(seed, jobs={**seed.jobs, "settings": settings})
+    result = replay(timing_out, tmp_path / "state.db", sim)
+    assert result.invocation.status is Status.FAILED
+    entries = SqliteStore(tmp_path / "state.db").read_log(result.invocation.id)
+    timed_out = [e for e in entries if e.kind is LogKind.TIMEOUT]
+    assert [e.text for e in timed_out] == ["Invocation timed out after 1h0m0s, cancelling it"]
+    assert timed_out[0].call == "CancelBuild"
+    assert [e.call for e in entries].count("CancelBuild") == result.simulator_calls["CancelBuild"]
+    assert result.simulator_calls["CancelBuild"] == 1

@@ -12,6 +12,8 @@ from emulators import PROJECT, Emulator, clear_firestore
 from localstack import FINAL, QUICK, DevProcess, write_jobs
 from shepherd_tools.simulator.control import SimulatorProcess
 
+pytestmark = pytest.mark.stack
+
 TOPIC = f"projects/{PROJECT}/topics/buildbucket-notifications"
 QUEUE = f"projects/{PROJECT}/locations/us-central1/queues/status-checks"
 

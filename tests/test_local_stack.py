@@ -20,6 +20,8 @@ from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
 from shepherd_tools.simulator.control import SimulatorProcess
 
+pytestmark = pytest.mark.stack
+
 TIMER_HEADERS = {TIMER_TOKEN_HEADER: timer_token(SECRET.encode())}
 
 

@@ -329,7 +329,7 @@ def test_the_same_model_on_firestore(firestore_emulator: Emulator) -> None:
         FirestoreEngineMachine.client = firestore.Client(
             project=PROJECT, credentials=AnonymousCredentials()
         )
-    examples = 80 if os.environ.get("SHEPHERD_SOAK") == "1" else 12
+    examples = 80 if os.environ.get("SHEPHERD_TESTS") == "soak" else 12
     run_state_machine_as_test(
         FirestoreEngineMachine,
         settings=settings(
@@ -342,8 +342,10 @@ def test_the_same_model_on_firestore(firestore_emulator: Emulator) -> None:
 
 
 TestEngineModel = EngineMachine.TestCase
+# `make soak` runs long histories, `make test-fast` a handful, `make test` the figure in the README.
+HISTORIES = {"soak": 400, "fast": 12}.get(os.environ.get("SHEPHERD_TESTS", ""), 60)
 TestEngineModel.settings = settings(
-    max_examples=400 if os.environ.get("SHEPHERD_SOAK") == "1" else 60,
+    max_examples=HISTORIES,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

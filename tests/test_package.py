@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from localstack import write_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +63,7 @@ def test_an_invalid_job_file_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "c.zip").exists()
 
 
+@pytest.mark.slow
 def test_archive_runs_on_its_own_requirements(tmp_path: Path) -> None:
     """What Cloud Functions does with the archive: a fresh virtualenv with only its
     requirements.txt, then every module it holds imported from the unpacked archive."""

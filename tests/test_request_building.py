@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from shepherd.model import GitilesTrigger, TriggerRequest
+from shepherd.clock import VirtualClock
+from shepherd.debuglog import DebugLog
+from shepherd.model import GitilesTrigger, LogKind, TriggerRequest
 from shepherd.tasks.base import TaskError
 from shepherd.tasks.buildbucket import BuildbucketConfig, build_schedule_request
 
@@ -35,16 +37,17 @@ def config(**extra: Any) -> BuildbucketConfig:
 
 
 def build(trigger: TriggerRequest, cfg: BuildbucketConfig | None = None) -> tuple[dict, list[str]]:
-    lines: list[str] = []
+    debug_log = DebugLog(VirtualClock(0))
     request = build_schedule_request(
         cfg or config(),
         job_id=JOB,
         invocation_id=INV,
         trigger=trigger,
         app_id="luci-scheduler",
-        log=lines.append,
+        debug_log=debug_log,
     )
-    return request, lines
+    assert {e.kind for e in debug_log.entries} <= {LogKind.INFO}
+    return request, [e.text for e in debug_log.entries]
 
 
 def trigger(**fields: Any) -> TriggerRequest:

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from counted_replay import CountedReplay, counted_replay
 from seedlog import Entry, check_shape, parse_log
+from shepherd.debuglog import format_log
 from shepherd.durations import parse_duration
+from shepherd.model import LogKind
 from shepherd.timestamps import parse_rfc3339
+from shepherd_tools.replay import load_scenario
+from shepherd_tools.simulator.control import SimulatorProcess
 
 SEED_LOG = Path(__file__).resolve().parents[2] / "shared" / "spec" / "seed-invocation-log.txt"
 TIME_FIELDS = {"createTime", "startTime", "endTime", "updateTime"}
@@ -113,3 +118,55 @@ def test_finish_line_duration_is_the_invocation_lifetime(
     build = first(replayed, "final_build").json()
     took = parse_rfc3339(build["endTime"]) - parse_rfc3339(build["createTime"])
     assert 5 * 3600 < took / 1e9 < 6 * 3600
+
+
+# What each line of the seed's form is, by its text (tests/seedlog.py), as a kind.
+SEED_KINDS = {
+    "queued": LogKind.QUEUED,
+    "starting": LogKind.STARTED,
+    "popped_buildset": LogKind.INFO,
+    "popped_commit": LogKind.INFO,
+    "preparing_topic": LogKind.INFO,
+    "topic": LogKind.INFO,
+    "request": LogKind.REQUEST,
+    "scheduled": LogKind.BUILD,
+    "task_url": LogKind.INFO,
+    "timer_scheduled": LogKind.TIMER_SCHEDULED,
+    "timer_handled": LogKind.TIMER_HANDLED,
+    "status": LogKind.BUILD_STATUS,
+    "notification": LogKind.NOTIFICATION,
+    "final_build": LogKind.BUILD,
+    "finished": LogKind.FINISHED,
+}
+
+
+@pytest.fixture(scope="module")
+def counted(sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> CountedReplay:
+    state = tmp_path_factory.mktemp("counted") / "state.db"
+    return counted_replay(load_scenario("seed"), state, sim)
+
+
+def test_every_entry_has_the_kind_its_text_says(counted: CountedReplay) -> None:
+    by_text = parse_log(format_log(counted.entries))
+    assert [SEED_KINDS[e.kind] for e in by_text] == [e.kind for e in counted.entries]
+
+
+def test_kinds_count_what_was_delivered_and_called(counted: CountedReplay) -> None:
+    kinds = [e.kind for e in counted.entries]
+    calls = [e.call for e in counted.entries if e.call is not None]
+    assert kinds.count(LogKind.TIMER_HANDLED) == counted.handled("timer") > 10
+    assert kinds.count(LogKind.NOTIFICATION) == counted.handled("notification") > 0
+    assert counted.deliveries.keys() <= {
+        ("start", "handled"),
+        ("timer", "handled"),
+        ("notification", "handled"),
+    }
+    # The one pending when the build's end arrived is never delivered.
+    assert kinds.count(LogKind.TIMER_SCHEDULED) == counted.handled("timer") + 1
+    scheduled = [e for e in counted.entries if e.call == "ScheduleBuild"]
+    assert len(scheduled) == 1 and scheduled[0].kind is LogKind.BUILD
+    assert calls.count("ScheduleBuild") == counted.simulator_calls["ScheduleBuild"] == 1
+    assert calls.count("GetBuild") == counted.simulator_calls["GetBuild"]
+    assert calls.count("CancelBuild") == counted.simulator_calls["CancelBuild"] == 0
+    assert kinds.count(LogKind.BUILD) == 2  # scheduled, final
+    assert (kinds[0], kinds[1], kinds[-1]) == (LogKind.QUEUED, LogKind.STARTED, LogKind.FINISHED)

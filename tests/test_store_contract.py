@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +15,13 @@ from google.cloud import firestore
 from emulators import PROJECT, Emulator, clear_firestore
 from shepherd.adapters.firestore_store import FirestoreStore
 from shepherd.adapters.sqlite_store import SqliteStore
-from shepherd.model import Invocation, LogEntry, Status, Timer, TriggerRequest
+from shepherd.model import Invocation, LogEntry, LogKind, Status, Timer, TriggerRequest
 from shepherd.ports import ConflictError, Store
 
 JOB = "chromium/Windows deterministic"
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.emulator)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         yield SqliteStore(tmp_path / "state.db")
@@ -50,28 +52,32 @@ def test_create_then_get_round_trips_everything(store: Store) -> None:
     inv = invocation(7).evolve(
         pending_timers=(Timer("t:7:0:0", "check", 1, 2, {"p": 1}),), task_data={"build_id": "9"}
     )
-    assert store.create(inv, [LogEntry(1, "queued")]) == inv
+    assert store.create(inv, [LogEntry(1, "queued", LogKind.QUEUED)]) == inv
     assert store.get(7) == inv
-    assert store.read_log(7) == [LogEntry(1, "queued")]
+    assert store.read_log(7) == [LogEntry(1, "queued", LogKind.QUEUED)]
     assert store.get(8) is None
 
 
 def test_request_id_finds_the_first_invocation(store: Store) -> None:
-    first = store.create(invocation(1, request_id="k"), [LogEntry(1, "queued")])
-    again = store.create(invocation(2, request_id="k"), [LogEntry(2, "queued")])
+    first = store.create(invocation(1, request_id="k"), [LogEntry(1, "queued", LogKind.QUEUED)])
+    again = store.create(invocation(2, request_id="k"), [LogEntry(2, "queued", LogKind.QUEUED)])
     assert again == first
     assert store.get(2) is None
-    assert store.read_log(1) == [LogEntry(1, "queued")]
+    assert store.read_log(1) == [LogEntry(1, "queued", LogKind.QUEUED)]
     other_job = store.create(invocation(3, request_id="k", job="chromium/other"), [])
     assert other_job.id == 3
 
 
 def test_commit_is_a_compare_and_swap_on_the_mutation_count(store: Store) -> None:
-    inv = store.create(invocation(1), [LogEntry(1, "a")])
+    inv = store.create(invocation(1), [LogEntry(1, "a", LogKind.INFO)])
     running = inv.evolve(status=Status.RUNNING, mutation_count=1)
-    store.commit(running, 0, [LogEntry(2, "b"), LogEntry(3, "c")])
+    store.commit(running, 0, [LogEntry(2, "b", LogKind.INFO), LogEntry(3, "c", LogKind.INFO)])
     with pytest.raises(ConflictError):
-        store.commit(inv.evolve(status=Status.FAILED, mutation_count=1), 0, [LogEntry(4, "lost")])
+        store.commit(
+            inv.evolve(status=Status.FAILED, mutation_count=1),
+            0,
+            [LogEntry(4, "lost", LogKind.INFO)],
+        )
     assert store.get(1) == running
     assert [e.text for e in store.read_log(1)] == ["a", "b", "c"]
 
@@ -86,7 +92,9 @@ def test_racing_commits_exactly_one_wins(store: Store) -> None:
         barrier.wait()
         try:
             store.commit(
-                invocation(1).evolve(mutation_count=1, view_url=str(n)), 0, [LogEntry(n, str(n))]
+                invocation(1).evolve(mutation_count=1, view_url=str(n)),
+                0,
+                [LogEntry(n, str(n), LogKind.INFO)],
             )
             wins.append(n)
         except ConflictError:
@@ -115,14 +123,14 @@ def test_lists_newest_first_and_active_only(store: Store) -> None:
 
 def test_state_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "state.db"
-    SqliteStore(path).create(invocation(1), [LogEntry(1, "queued")])
+    SqliteStore(path).create(invocation(1), [LogEntry(1, "queued", LogKind.QUEUED)])
     reopened = SqliteStore(path)
     assert reopened.get(1) == invocation(1)
-    assert reopened.read_log(1) == [LogEntry(1, "queued")]
+    assert reopened.read_log(1) == [LogEntry(1, "queued", LogKind.QUEUED)]
 
 
 def test_read_then_commit_as_the_engine_does_exactly_one_racer_wins(store: Store) -> None:
-    store.create(invocation(1), [LogEntry(1, "queued")])
+    store.create(invocation(1), [LogEntry(1, "queued", LogKind.QUEUED)])
     barrier = threading.Barrier(6)
     wins: list[int] = []
 
@@ -131,7 +139,11 @@ def test_read_then_commit_as_the_engine_does_exactly_one_racer_wins(store: Store
         assert seen is not None
         barrier.wait()
         try:
-            store.commit(seen.evolve(mutation_count=1, view_url=str(n)), 0, [LogEntry(n, str(n))])
+            store.commit(
+                seen.evolve(mutation_count=1, view_url=str(n)),
+                0,
+                [LogEntry(n, str(n), LogKind.INFO)],
+            )
             wins.append(n)
         except ConflictError:
             pass
@@ -147,7 +159,78 @@ def test_read_then_commit_as_the_engine_does_exactly_one_racer_wins(store: Store
     assert [e.text for e in store.read_log(1)] == ["queued", str(wins[0])]
     # A stale read cannot commit either, even after the winner is done.
     again = stored.evolve(mutation_count=2)
-    store.commit(again, 1, [LogEntry(9, "next")])
+    store.commit(again, 1, [LogEntry(9, "next", LogKind.INFO)])
     with pytest.raises(ConflictError):
-        store.commit(stored.evolve(mutation_count=2, view_url="late"), 1, [LogEntry(10, "late")])
+        store.commit(
+            stored.evolve(mutation_count=2, view_url="late"),
+            1,
+            [LogEntry(10, "late", LogKind.INFO)],
+        )
     assert [e.text for e in store.read_log(1)][-1] == "next"
+
+
+def test_kinds_and_calls_round_trip(store: Store) -> None:
+    store.create(invocation(1), [LogEntry(1, "queued", LogKind.QUEUED)])
+    every_kind = [LogEntry(10 + i, kind.value, kind) for i, kind in enumerate(LogKind)]
+    with_calls = [
+        LogEntry(50, "Scheduled build:\n{}", LogKind.BUILD, "ScheduleBuild"),
+        LogEntry(51, "Failed to fetch build - x", LogKind.ERROR, "GetBuild"),
+        LogEntry(52, "Invocation was manually aborted by user", LogKind.ABORT, "CancelBuild"),
+    ]
+    store.commit(invocation(1).evolve(mutation_count=1), 0, every_kind + with_calls)
+    assert store.read_log(1) == [
+        LogEntry(1, "queued", LogKind.QUEUED),
+        *every_kind,
+        *with_calls,
+    ]
+
+
+# The log table as the first versions wrote it, before entries had a kind and a call.
+_OLD_SCHEMA = """
+CREATE TABLE invocations (id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, request_id TEXT,
+    status TEXT NOT NULL, mutation_count INTEGER NOT NULL, created_ns INTEGER NOT NULL,
+    data TEXT NOT NULL);
+CREATE TABLE log_lines (invocation_id INTEGER NOT NULL, mutation_count INTEGER NOT NULL,
+    idx INTEGER NOT NULL, time_ns INTEGER NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (invocation_id, mutation_count, idx));
+"""
+
+
+def test_an_old_sqlite_file_gains_kinds_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    old = invocation(1)
+    with sqlite3.connect(path) as db:
+        db.executescript(_OLD_SCHEMA)
+        db.execute(
+            "INSERT INTO invocations VALUES (1, ?, NULL, 'STARTING', 0, 1, ?)",
+            (JOB, json.dumps(old.to_dict())),
+        )
+        db.execute("INSERT INTO log_lines VALUES (1, 0, 0, 1, 'written before kinds')")
+    db.close()
+    store = SqliteStore(path)
+    assert store.read_log(1) == [LogEntry(1, "written before kinds", LogKind.INFO)]
+    started = LogEntry(2, "Starting the invocation (attempt 1)", LogKind.STARTED)
+    store.commit(old.evolve(mutation_count=1), 0, [started])
+    reopened = SqliteStore(path)  # the migration is done once, then nothing more
+    assert reopened.read_log(1) == [
+        LogEntry(1, "written before kinds", LogKind.INFO),
+        started,
+    ]
+
+
+def test_old_firestore_chunks_read_as_info(firestore_emulator: Emulator) -> None:
+    clear_firestore(firestore_emulator.host)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FIRESTORE_EMULATOR_HOST", firestore_emulator.host)
+        client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+    store = FirestoreStore(client)
+    store.create(invocation(1), [LogEntry(1, "queued", LogKind.QUEUED)])
+    old_chunk = {"entries": [{"t": 2, "x": "written before kinds"}]}
+    client.collection("invocations").document("1").collection("log").document(f"{1:08d}").set(
+        old_chunk
+    )
+    assert store.read_log(1) == [
+        LogEntry(1, "queued", LogKind.QUEUED),
+        LogEntry(2, "written before kinds", LogKind.INFO),
+    ]
+    client.close()

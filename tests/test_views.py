@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shepherd.model import GitilesTrigger, Invocation, LogEntry, Status, TriggerRequest
+from shepherd.model import GitilesTrigger, Invocation, LogEntry, LogKind, Status, TriggerRequest
 from shepherd.openapi import document
 from shepherd.schemas import PushedMessage, TimerBody, TriggerBody
 from shepherd.validation import ValidationError
@@ -28,7 +28,10 @@ INVOCATION = Invocation(
     view_url="https://ci.example.com/b/1",
     task_data={"build_id": "8790"},
 )
-ENTRIES = [LogEntry(1_657_456_313_000_000_000, "New invocation"), LogEntry(1, "line\ntwo")]
+ENTRIES = [
+    LogEntry(1_657_456_313_000_000_000, "New invocation", LogKind.QUEUED),
+    LogEntry(1, "line\ntwo", LogKind.REQUEST, "ScheduleBuild"),
+]
 
 
 def test_an_invocation_reads_back_as_it_was_answered() -> None:
@@ -36,10 +39,18 @@ def test_an_invocation_reads_back_as_it_was_answered() -> None:
     answer = json.loads(json.dumps(to_json(shown)))
     assert answer["id"] == "42" and answer["status"] == "RUNNING" and answer["finished"] is None
     assert answer["created"] == "2022-07-10T12:31:53Z"
-    assert answer["log"][1] == {"time": "1970-01-01T00:00:00.000000001Z", "text": "line\ntwo"}
+    assert answer["log"][0]["kind"] == "queued" and answer["log"][0]["call"] is None
+    assert answer["log"][1] == {
+        "time": "1970-01-01T00:00:00.000000001Z",
+        "text": "line\ntwo",
+        "kind": "request",
+        "call": "ScheduleBuild",
+    }
     assert InvocationWithLog.from_json(answer) == shown
     listed = json.loads(json.dumps(to_json(InvocationList((InvocationView.of(INVOCATION),)))))
     assert InvocationView.from_json(listed["invocations"][0]) == InvocationView.of(INVOCATION)
+    newer = {**answer, "log": [{**answer["log"][0], "kind": "a-kind-from-the-future"}]}
+    assert InvocationWithLog.from_json(newer).log[0].kind is LogKind.INFO
     with pytest.raises(KeyError):
         InvocationView.from_json({"id": "1"})
     with pytest.raises(ValueError):
@@ -54,6 +65,7 @@ def test_the_openapi_schemas_are_the_views(view: type) -> None:
     assert list(schema["properties"]) == names
     assert schema["required"] == names  # every field is in every answer, null or not
     assert schemas["Status"]["enum"] == [s.value for s in Status]
+    assert schemas["LogKind"]["enum"] == [k.value for k in LogKind]
 
 
 def test_openapi_does_not_import_web_and_functions_do_not_import_pydantic() -> None:

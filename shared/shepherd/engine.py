@@ -17,11 +17,12 @@ from enum import StrEnum
 from typing import Any
 
 from .clock import Clock
+from .debuglog import DebugLog
 from .durations import SECOND, format_duration
 from .jobs import Job, JobsFile, Settings
 from .model import (
     Invocation,
-    LogEntry,
+    LogKind,
     PubSubMessage,
     QueuedTask,
     Status,
@@ -33,7 +34,7 @@ from .ports import ConflictError, NotificationTopic, Store, TimerQueue
 from .signing import BadToken, Signer
 from .tasks.base import TaskKind, TransientError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 START_TASK = "start-invocation"
 LAUNCH_RETRY_LIMIT = 50
@@ -72,7 +73,7 @@ class _Controller:
         self.view_url = invocation.view_url
         self.task_data: dict[str, Any] = dict(invocation.task_data)
         self._pending = list(invocation.pending_timers)
-        self._lines: list[LogEntry] = []
+        self.debug_log = DebugLog(engine.clock)
         self._timers: list[Timer] = []
 
     @property
@@ -98,16 +99,16 @@ class _Controller:
     def now_ns(self) -> int:
         return self._engine.clock.now_ns()
 
-    def log(self, text: str) -> None:
-        self._lines.append(LogEntry(self.now_ns(), text))
-
     def add_timer(self, delay_ns: int, title: str, payload: dict[str, Any] | None = None) -> None:
         # Unique once committed: commits are serialized by the mutation count, and the index
         # tells apart the timers of one commit.
         tid = timer_id(
             self.job_id, self.invocation_id, self.saved.mutation_count, len(self._timers)
         )
-        self.log(f'Scheduling timer "{title}" ({tid}) after {format_duration(delay_ns)}')
+        self.debug_log.write(
+            LogKind.TIMER_SCHEDULED,
+            f'Scheduling timer "{title}" ({tid}) after {format_duration(delay_ns)}',
+        )
         now = self.now_ns()
         self._timers.append(Timer(tid, title, now, now + delay_ns, payload))
 
@@ -128,7 +129,7 @@ class _Controller:
         try:
             self.commit()
         except ConflictError:
-            log.warning(
+            logger.warning(
                 "invocation %d changed under a save; the final commit will fail", self.invocation_id
             )
 
@@ -141,25 +142,29 @@ class _Controller:
             task_data=dict(self.task_data),
             pending_timers=tuple(self._pending),
         )
-        if after == before and not self._lines and not self._timers:
+        if after == before and not self.debug_log.entries and not self._timers:
             return
         new_timers = self._timers
         if self.status.final and not before.status.final:
             now = self.now_ns()
             after = after.evolve(finished_ns=now, pending_timers=())
             took = format_duration(now - before.created_ns)
-            self.log(f"Invocation finished in {took} with status {self.status}")
+            self.debug_log.write(
+                LogKind.FINISHED, f"Invocation finished in {took} with status {self.status}"
+            )
             for t in new_timers:
-                self.log(f'Ignoring timer "{t.title}" ({t.id})...')
+                self.debug_log.write(
+                    LogKind.TIMER_IGNORED, f'Ignoring timer "{t.title}" ({t.id})...'
+                )
             new_timers = []
         after = after.evolve(
             mutation_count=before.mutation_count + 1,
             pending_timers=after.pending_timers + tuple(new_timers),
         )
-        self._engine.store.commit(after, before.mutation_count, self._lines)
+        self._engine.store.commit(after, before.mutation_count, self.debug_log.entries)
+        self.debug_log.take()
         self.saved = after
         self._pending = list(after.pending_timers)
-        self._lines = []
         self._timers = []
         self._engine.queue.schedule([t.task(after.id) for t in new_timers])
 
@@ -188,8 +193,9 @@ class Engine:
             request=request,
             created_ns=now,
         )
-        queued = LogEntry(now, "New invocation is queued and will start shortly")
-        inv = self.store.create(fresh, [queued])
+        debug_log = DebugLog(self.clock)
+        debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
+        inv = self.store.create(fresh, debug_log.take())
         if inv.status is Status.STARTING and inv.attempt == 0:
             # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
             self.queue.schedule([self._start_task(inv, attempt=1, eta_ns=now)])
@@ -199,7 +205,7 @@ class Engine:
         """A delivery from the timer queue: an invocation's start, or one of its timers."""
         inv = self.store.get(invocation_id)
         if inv is None:
-            log.warning("task %s for unknown invocation %d", tid, invocation_id)
+            logger.warning("task %s for unknown invocation %d", tid, invocation_id)
             return Outcome.IGNORED
         if name == START_TASK:
             return self._start(inv, tid)
@@ -212,7 +218,7 @@ class Engine:
             # failed): hand them again, or the invocation would wait for nothing.
             self.queue.schedule([t.task(inv.id) for t in inv.pending_timers])
             return Outcome.STALE
-        ctl.log(f'Handling timer "{timer.title}" ({timer.id})')
+        ctl.debug_log.write(LogKind.TIMER_HANDLED, f'Handling timer "{timer.title}" ({timer.id})')
         timeout = self.jobs.settings.invocation_timeout
         if (
             kind is not None
@@ -235,16 +241,16 @@ class Engine:
             (t for k in self.kinds.values() if (t := k.examine_notification(message))), None
         )
         if token is None:
-            log.warning("notification %s carries no token", message.message_id)
+            logger.warning("notification %s carries no token", message.message_id)
             return Outcome.IGNORED
         try:
             job_id, invocation_id = self.signer.verify(token)
         except BadToken as e:
-            log.warning("notification %s: %s", message.message_id, e)
+            logger.warning("notification %s: %s", message.message_id, e)
             return Outcome.IGNORED
         inv = self.store.get(invocation_id)
         if inv is None or inv.job_id != job_id:
-            log.warning("notification %s for unknown invocation", message.message_id)
+            logger.warning("notification %s for unknown invocation", message.message_id)
             return Outcome.IGNORED
         if inv.status.final:
             return Outcome.STALE
@@ -270,14 +276,14 @@ class Engine:
         if inv.status is Status.STARTING:
             raise RetryLater("the invocation is still starting; abort it once it runs")
         ctl, kind = self._controller(inv)
-        ctl.log(f"Invocation was manually aborted by {by}")
+        ctl.debug_log.write(LogKind.ABORT, f"Invocation was manually aborted by {by}")
         try:
             if kind is not None:
                 kind.abort(ctl)
         except TransientError as e:
             raise RetryLater(str(e)) from e
         except Exception as e:
-            ctl.log(f"Fatal error when aborting the invocation - {e}")
+            ctl.debug_log.write(LogKind.ERROR, f"Fatal error when aborting the invocation - {e}")
         if not ctl.status.final:
             ctl.status = Status.ABORTED
         self._commit(ctl)
@@ -335,23 +341,26 @@ class Engine:
             raise RetryLater(str(e)) from e
 
     def _time_out(self, ctl: _Controller, kind: TaskKind, timeout: int) -> None:
-        ctl.log(f"Invocation timed out after {format_duration(timeout)}, cancelling it")
+        ctl.debug_log.write(
+            LogKind.TIMEOUT,
+            f"Invocation timed out after {format_duration(timeout)}, cancelling it",
+        )
         try:
             kind.abort(ctl)
         except Exception as e:
-            ctl.log(f"Failed to cancel the task - {e}")
+            ctl.debug_log.write(LogKind.ERROR, f"Failed to cancel the task - {e}")
         ctl.status = Status.FAILED
 
     @staticmethod
     def _fail(ctl: _Controller, line: str) -> None:
         if ctl.status is not Status.FAILED:
-            ctl.log(line)
+            ctl.debug_log.write(LogKind.ERROR, line)
             ctl.status = Status.FAILED
 
     def _start(self, inv: Invocation, tid: str) -> Outcome:
         prefix, _, number = tid.rpartition(":start:")
         if prefix != f"{inv.job_id}:{inv.id}" or not number.isdigit():
-            log.warning("start task %r does not name invocation %d", tid, inv.id)
+            logger.warning("start task %r does not name invocation %d", tid, inv.id)
             return Outcome.IGNORED
         attempt = int(number)
         # attempt - 1: the normal case; attempt: that attempt died before it saved its end.
@@ -364,12 +373,10 @@ class Engine:
             mutation_count=inv.mutation_count + 1,
             started_ns=inv.started_ns or now,
         )
+        debug_log = DebugLog(self.clock)
+        debug_log.write(LogKind.STARTED, f"Starting the invocation (attempt {attempt})")
         try:
-            self.store.commit(
-                starting,
-                inv.mutation_count,
-                [LogEntry(now, f"Starting the invocation (attempt {attempt})")],
-            )
+            self.store.commit(starting, inv.mutation_count, debug_log.take())
         except ConflictError:
             return Outcome.STALE  # a duplicate delivery of this start got there first
         ctl, kind = self._controller(starting)
@@ -391,7 +398,7 @@ class Engine:
             error, transient = f"Too many retries, giving up (original error - {error})", False
         retrying = ctl.status is Status.STARTING and transient
         if retrying:
-            ctl.log("The invocation will be retried")
+            ctl.debug_log.write(LogKind.RETRY, "The invocation will be retried")
         elif ctl.status is Status.STARTING:
             self._fail(ctl, f"Failed to launch the task - {error}")
         self._commit(ctl)

@@ -10,16 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
+from .config import ConfigError
 from .durations import parse_duration
 from .schedule import Schedule, parse_schedule
 from .validation import Model, field
 
 _PROJECT = re.compile(r"^[a-z0-9_\-]+$")
 _JOB_NAME = re.compile(r"^[0-9A-Za-z_\-. ()]{1,100}$")
-
-
-class ConfigError(ValueError):
-    """A job file that cannot be used; the message names the file, the job and the field."""
 
 
 def _duration(value: Any) -> int:

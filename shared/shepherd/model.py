@@ -65,10 +65,49 @@ class TriggerRequest:
         )
 
 
+class LogKind(StrEnum):
+    """What a debug-log entry records, set where it is written: readers (the page, the API,
+    tooling) go by the kind, never by the wording of the text."""
+
+    QUEUED = "queued"
+    STARTED = "started"  # a launch attempt begins
+    TIMER_SCHEDULED = "timer_scheduled"
+    TIMER_HANDLED = "timer_handled"
+    TIMER_IGNORED = "timer_ignored"  # added by the event that finished the invocation
+    NOTIFICATION = "notification"  # a Pub/Sub notification was handled
+    REQUEST = "request"  # an outbound request, its JSON after the first line
+    BUILD = "build"  # a build, its JSON after the first line
+    BUILD_STATUS = "build_status"
+    ABORT = "abort"
+    TIMEOUT = "timeout"
+    RETRY = "retry"  # the launch will be tried again
+    FINISHED = "finished"
+    ERROR = "error"
+    INFO = "info"
+    # Reserved for the task kinds and engine features that come next.
+    TRIGGER = "trigger"
+    RERUN = "rerun"
+    POLL = "poll"
+
+    @classmethod
+    def stored(cls, value: str | None) -> LogKind:
+        """The kind a store holds; entries stored before kinds existed (or by a newer version,
+        with a kind this one does not know) read as INFO."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.INFO
+
+
 @dataclass(frozen=True)
 class LogEntry:
+    """One debug-log line. `call` names the outbound call the entry records, if any (as
+    "ScheduleBuild", "GetBuild", "CancelBuild"), whether the call succeeded or failed."""
+
     time_ns: int
     text: str
+    kind: LogKind
+    call: str | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,17 @@ class ConflictError(Exception):
     """Someone else changed the invocation first: the event must be handled again."""
 
 
+class Unavailable(Exception):
+    """A backing service (store, timer queue) could not be reached or gave up: try again later.
+
+    Adapters translate their libraries' transient errors into it; the functions answer 503,
+    so that Cloud Tasks and Pub/Sub deliver again."""
+
+
+class StoreUnavailable(Unavailable):
+    """The store could not be reached or gave up; nothing changed; try again."""
+
+
 class Store(Protocol):
     """Invocations and their debug logs. Every write is one transaction."""
 

@@ -1,37 +1,33 @@
-"""Builds the engine and its adapters from the environment, once per process.
+"""Builds the engine and its adapters from a Config, once per process.
 
 The one place that picks adapters: the embedded SQLite ones by default, Firestore, Cloud Tasks
 and Pub/Sub when GOOGLE_CLOUD_PROJECT is set (interfaces.md, Environment). The Google Cloud
 libraries are imported only on that path. Every function (and `shepherd dev`, which serves all
 of them in one process) shares the one service; module import does nothing, the first request
-builds it.
+builds it from the environment, unless `shepherd dev` installed the one it built.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .adapters.buildbucket_prpc import PrpcBuildsClient
 from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
-from .auth import GOOGLE_CERTS_URL, OidcAuth, SharedTokenAuth, TimerAuth, timer_token
+from .auth import OidcAuth, SharedTokenAuth, TimerAuth, timer_token
 from .clock import RealClock
-from .durations import parse_duration
+from .config import Config, ConfigError, required
+from .durations import SECOND
 from .engine import Engine
-from .jobs import ConfigError, JobsFile, load_jobs
+from .jobs import JobsFile, load_jobs
 from .model import QueuedTask
 from .ports import NotificationTopic, Store, TimerQueue
 from .signing import NoKeySigner, Signer, TokenSigner, load_or_create_key
 from .tasks.registry import CONFIG_MODELS, make_kinds
-
-DEFAULT_STATE = ".shepherd/state.db"
-DEFAULT_TIMER_URL = "http://127.0.0.1:8080/on-timer"
 
 
 @dataclass
@@ -46,29 +42,25 @@ _lock = threading.Lock()
 _service: Service | None = None
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"{name} is not set")
-    return value
+def _timeout_s(config: Config) -> dict[str, float]:
+    """The store's own default, unless SHEPHERD_STORE_TIMEOUT says otherwise."""
+    if config.store_timeout_ns is None:
+        return {}
+    return {"timeout_s": config.store_timeout_ns / SECOND}
 
 
-def state_path() -> Path:
-    return Path(os.environ.get("SHEPHERD_STATE") or DEFAULT_STATE)
+def _embedded(
+    config: Config, jobs: JobsFile
+) -> tuple[Store, TimerQueue, NotificationTopic, SqliteDeliveryQueue]:
+    queue = SqliteDeliveryQueue(config.state, **_timeout_s(config))
+    store = SqliteStore(config.state, **_timeout_s(config))
+    return store, queue, SqliteTopic(queue, jobs.settings.app_id), queue
 
 
-def _embedded(jobs: JobsFile) -> tuple[Store, TimerQueue, NotificationTopic, SqliteDeliveryQueue]:
-    state = state_path()
-    queue = SqliteDeliveryQueue(state)
-    return SqliteStore(state), queue, SqliteTopic(queue, jobs.settings.app_id), queue
-
-
-def _timer_auth(key: bytes | None) -> tuple[TimerAuth, dict[str, str]]:
-    account = os.environ.get("SHEPHERD_TASKS_SERVICE_ACCOUNT")
-    if account and not os.environ.get("CLOUD_TASKS_EMULATOR_HOST"):
-        audience = os.environ.get("SHEPHERD_TIMER_URL") or DEFAULT_TIMER_URL
-        certs = os.environ.get("SHEPHERD_OIDC_CERTS_URL") or GOOGLE_CERTS_URL
-        return OidcAuth(audience, account, certs), {}
+def _timer_auth(config: Config, key: bytes | None) -> tuple[TimerAuth, dict[str, str]]:
+    account = config.tasks_service_account
+    if account and not config.tasks_emulator_host:
+        return OidcAuth(config.on_timer_url, account, config.oidc_certs_url), {}
     if key is None:
         raise ConfigError(
             "on_timer needs SHEPHERD_TASKS_SERVICE_ACCOUNT (Cloud Tasks' OIDC identity) "
@@ -105,66 +97,63 @@ class _LazyTopic(_OnFirstUse):
         return self._get().prepare(manager, publisher)
 
 
-def _cloud_tasks(timer_headers: dict[str, str]) -> TimerQueue:
+def _cloud_tasks(config: Config, timer_headers: dict[str, str]) -> TimerQueue:
     from .adapters.cloud_tasks import CloudTasksQueue, make_client
 
-    emulator = os.environ.get("CLOUD_TASKS_EMULATOR_HOST")
     queue = CloudTasksQueue(
-        make_client(emulator),
-        _env("SHEPHERD_TASKS_QUEUE"),
-        os.environ.get("SHEPHERD_TIMER_URL") or DEFAULT_TIMER_URL,
-        os.environ.get("SHEPHERD_TASKS_SERVICE_ACCOUNT"),
+        make_client(config.tasks_emulator_host),
+        required(config.tasks_queue, "SHEPHERD_TASKS_QUEUE"),
+        config.on_timer_url,
+        config.tasks_service_account,
         timer_headers,
     )
-    if emulator:
+    if config.tasks_emulator_host:
         queue.ensure_queue()
     return queue
 
 
-def _pubsub_topic() -> NotificationTopic:
+def _pubsub_topic(config: Config) -> NotificationTopic:
     from google.cloud import pubsub_v1
 
     from .adapters.pubsub_topic import PubSubTopic
 
-    return PubSubTopic(pubsub_v1.PublisherClient(), _env("SHEPHERD_TOPIC"))
+    return PubSubTopic(pubsub_v1.PublisherClient(), required(config.topic, "SHEPHERD_TOPIC"))
 
 
 def _google_cloud(
-    project: str, timer_headers: dict[str, str]
+    config: Config, timer_headers: dict[str, str]
 ) -> tuple[Store, TimerQueue, NotificationTopic]:
     from google.cloud import firestore
 
     from .adapters.firestore_store import FirestoreStore
 
-    _env("SHEPHERD_TASKS_QUEUE")  # refuse a missing setting at start, not at first use
-    _env("SHEPHERD_TOPIC")
-    retention = os.environ.get("SHEPHERD_LOG_RETENTION")
     store = FirestoreStore(
-        firestore.Client(project=project),
-        retention_ns=parse_duration(retention) if retention else None,
+        firestore.Client(project=config.project),
+        retention_ns=config.log_retention_ns,
+        **_timeout_s(config),
     )
-    queue = _LazyQueue(lambda: _cloud_tasks(timer_headers))
-    return store, queue, _LazyTopic(_pubsub_topic)
+    queue = _LazyQueue(lambda: _cloud_tasks(config, timer_headers))
+    return store, queue, _LazyTopic(lambda: _pubsub_topic(config))
 
 
-def build_service() -> Service:
-    jobs = load_jobs(_env("SHEPHERD_JOBS"), CONFIG_MODELS)
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT")
-    secret = os.environ.get("SHEPHERD_SECRET")
+def build_service(config: Config) -> Service:
+    jobs_path = required(config.jobs, "SHEPHERD_JOBS")
+    if config.project:
+        # Refused at start, not at first use.
+        required(config.tasks_queue, "SHEPHERD_TASKS_QUEUE")
+        required(config.topic, "SHEPHERD_TOPIC")
+    jobs = load_jobs(jobs_path, CONFIG_MODELS)
     # Deployed, the key comes from Secret Manager, and only to the functions that need it.
-    if secret is not None and len(secret.encode()) < 16:
-        raise ConfigError("SHEPHERD_SECRET must have at least 16 bytes")
-    if project:
-        key = secret.encode() if secret else None
-    else:
-        key = load_or_create_key(secret, state_path().parent)
+    key = config.secret
+    if key is None and not config.project:
+        key = load_or_create_key(None, config.state.parent)
     signer: Signer = TokenSigner(key) if key else NoKeySigner()
-    timer_auth, timer_headers = _timer_auth(key)
+    timer_auth, timer_headers = _timer_auth(config, key)
     embedded = None
-    if project:
-        store, queue, topic = _google_cloud(project, timer_headers)
+    if config.project:
+        store, queue, topic = _google_cloud(config, timer_headers)
     else:
-        store, queue, topic, embedded = _embedded(jobs)
+        store, queue, topic, embedded = _embedded(config, jobs)
     clock = RealClock()
     rng = random.Random()
     engine = Engine(
@@ -181,8 +170,17 @@ def build_service() -> Service:
 
 
 def get_service() -> Service:
+    """The process's service: the installed one, or one built from the environment once."""
     global _service
     with _lock:
         if _service is None:
-            _service = build_service()
+            _service = build_service(Config.from_env())
         return _service
+
+
+def install_service(service: Service | None) -> None:
+    """Makes `service` the one every function uses (`shepherd dev` builds its own from its
+    options); None forgets it, so that the next request builds one from the environment."""
+    global _service
+    with _lock:
+        _service = service

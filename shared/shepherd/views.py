@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Invocation, LogEntry, Status
+from .model import Invocation, LogEntry, LogKind, Status
 from .timestamps import format_rfc3339
 
 # A request body larger than this gets 413 (web.py enforces it, openapi.py documents it).
@@ -30,18 +30,21 @@ def to_json(view: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class LogLine:
-    """One debug log line. A new field of LogEntry shown by the API is added here and in `of`."""
+    """One debug-log line; readers go by its kind, never by the wording of its text."""
 
     time: str
     text: str
+    kind: LogKind
+    call: str | None  # the outbound call the line records ("ScheduleBuild", ...), if any
 
     @classmethod
     def of(cls, entry: LogEntry) -> LogLine:
-        return cls(time=format_rfc3339(entry.time_ns), text=entry.text)
+        return cls(format_rfc3339(entry.time_ns), entry.text, entry.kind, entry.call)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LogLine:
-        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls)})
+        # A kind this version does not know (a newer server's) reads as INFO.
+        return cls(data["time"], data["text"], LogKind.stored(data["kind"]), data.get("call"))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import base64
 import binascii
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from .auth import Unauthorized
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
 from .model import PubSubMessage
+from .ports import Unavailable
 from .schemas import PushedMessage, TimerBody, TriggerBody
 from .service import get_service
 from .validation import ValidationError
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 # Each function imports what only it needs when it first needs it: cold starts stay short.
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _INT64_MAX = 2**63 - 1
 
@@ -99,10 +99,10 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
             return http_error(e)
         except ValidationError as e:
             return _error(400, _describe(e))
-        except (RetryLater, sqlite3.OperationalError) as e:
+        except (RetryLater, Unavailable) as e:
             return _error(503, f"try again later: {e}")
         except Exception:
-            log.exception("%s failed", handler.__name__)
+            logger.exception("%s failed", handler.__name__)
             return _error(500, "internal error; the request changed nothing it could not redo")
 
     return run
@@ -181,7 +181,7 @@ def pubsub_message(event: CloudEvent) -> PubSubMessage | None:
         pushed = PushedMessage.model_validate(message)
         payload = base64.b64decode(pushed.data, validate=True)
     except (ValidationError, binascii.Error, ValueError) as e:
-        log.warning("event %s carries no Pub/Sub message: %s", event.get("id"), e)
+        logger.warning("event %s carries no Pub/Sub message: %s", event.get("id"), e)
         return None
     return PubSubMessage(payload, pushed.attributes, pushed.message_id or str(event.get("id")))
 
@@ -193,9 +193,9 @@ def on_build_notification(event: CloudEvent) -> None:
         return
     try:
         outcome = get_service().engine.handle_notification(message)
-    except (RetryLater, sqlite3.OperationalError) as e:
+    except (RetryLater, Unavailable) as e:
         raise ServiceUnavailable(f"try again later: {e}") from None
-    log.info("notification %s: %s", message.message_id, outcome.value)
+    logger.info("notification %s: %s", message.message_id, outcome.value)
 
 
 # --- scheduler -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from html import escape
 from typing import Any
 
 from .durations import SECOND, format_duration
-from .model import Invocation, LogEntry
+from .model import Invocation, LogEntry, LogKind
 from .timestamps import format_log_time, format_rfc3339, parse_rfc3339
 
 REFRESH_SECONDS = 5
@@ -84,19 +84,19 @@ class Mark:
     label: str
 
 
-def _json_blocks(entries: Iterable[LogEntry]) -> Iterable[dict[str, Any]]:
+def _builds(entries: Iterable[LogEntry]) -> Iterable[dict[str, Any]]:
+    """The builds the log recorded, oldest first: the JSON after a build entry's first line."""
     for entry in entries:
-        head, newline, rest = entry.text.partition("\n")
-        if newline and head in ("Scheduled build:", "Build:"):
+        if entry.kind is LogKind.BUILD:
             try:
-                yield json.loads(rest)
+                yield json.loads(entry.text.partition("\n")[2])
             except ValueError:
                 continue
 
 
 def _phases(entries: Sequence[LogEntry], end_ns: int) -> list[tuple[str, int, int]]:
     """(status, from, to) of the build, from the newest build JSON in the log."""
-    builds = list(_json_blocks(entries))
+    builds = list(_builds(entries))
     if not builds:
         return []
     build = builds[-1]
@@ -114,21 +114,22 @@ def _phases(entries: Sequence[LogEntry], end_ns: int) -> list[tuple[str, int, in
     return phases
 
 
-def _marks(entries: Sequence[LogEntry]) -> list[Mark]:
-    marks = []
+_MARKED_KINDS = {
+    LogKind.TIMER_HANDLED: ("timers", "timer"),
+    LogKind.NOTIFICATION: ("notifications", "Pub/Sub notification"),
+}
+
+
+def marks(entries: Sequence[LogEntry]) -> list[Mark]:
+    """The timeline's marks: each handled timer, each notification, each outbound call."""
+    out = []
     for entry in entries:
-        text = entry.text
-        if text.startswith("Handling timer"):
-            marks.append(Mark("timers", entry.time_ns, "status-check timer"))
-        elif text.startswith("Received PubSub notification"):
-            marks.append(Mark("notifications", entry.time_ns, "Pub/Sub notification"))
-        elif text.startswith("Scheduled build:"):
-            marks.append(Mark("Buildbucket calls", entry.time_ns, "ScheduleBuild"))
-        elif text.startswith(("Build status:", "Build:\n", "Failed to fetch build")):
-            marks.append(Mark("Buildbucket calls", entry.time_ns, "GetBuild"))
-        elif text.startswith("Invocation was manually aborted") or "cancelling it" in text:
-            marks.append(Mark("Buildbucket calls", entry.time_ns, "CancelBuild"))
-    return marks
+        if entry.kind in _MARKED_KINDS:
+            row, label = _MARKED_KINDS[entry.kind]
+            out.append(Mark(row, entry.time_ns, label))
+        if entry.call is not None:
+            out.append(Mark("Buildbucket calls", entry.time_ns, entry.call))
+    return out
 
 
 def timeline_svg(
@@ -173,7 +174,7 @@ def timeline_svg(
                 f'<circle class="phase" cx="{x(t0):.1f}" cy="44" r="6" fill="{color}">'
                 f"<title>{escape(status)}</title></circle>"
             )
-    for mark in _marks(entries):
+    for mark in marks(entries):
         y = 30 + rows.index(mark.row) * row_h
         out.append(
             f'<line class="mark" x1="{x(mark.time_ns):.1f}" y1="{y + 6}" '

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -17,8 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shepherd.jobs import ConfigError
-from shepherd.service import DEFAULT_STATE
+from shepherd.config import DEFAULT_STATE, Config, ConfigError
 from shepherd.views import InvocationView
 
 from .client import ClientError, ShepherdClient
@@ -92,15 +90,17 @@ def dev(
 
     if not jobs:
         raise fail("dev needs --jobs FILE (or SHEPHERD_JOBS)", 2)
-    os.environ["SHEPHERD_JOBS"] = jobs
-    os.environ["SHEPHERD_STATE"] = state
+    try:
+        config = dataclasses.replace(Config.from_env(), jobs=jobs, state=Path(state))
+    except ConfigError as e:
+        raise fail(str(e), 2) from None
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for noisy in ("werkzeug", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        code = serve(host, port)
+        code = serve(config, host, port)
     except ConfigError as e:
         raise fail(str(e), 2) from None
     except OSError as e:
@@ -134,7 +134,7 @@ def package(
     from .package import build
 
     try:
-        names = build(Path(out_path), Path(jobs), functions_source())
+        names = build(Path(out_path), Path(jobs), functions_source(Config.from_env()))
     except ConfigError as e:
         raise fail(str(e), 2) from None
     print(f"{out_path}: {len(names)} files")

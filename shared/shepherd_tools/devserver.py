@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -20,9 +20,11 @@ from werkzeug.wrappers import Request
 
 from shepherd.adapters.sqlite_delivery import Deliverer, SqliteDeliveryQueue, UnknownTopic
 from shepherd.clock import RealClock
-from shepherd.service import get_service
+from shepherd.config import Config
+from shepherd.ports import StoreUnavailable
+from shepherd.service import build_service, install_service
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # route -> (target in functions/main.py, signature type)
 ROUTES = {
@@ -38,14 +40,9 @@ PUBSUB_ROUTE = "/v1"
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def functions_source() -> Path:
+def functions_source(config: Config) -> Path:
     """functions/main.py of this checkout, or SHEPHERD_FUNCTIONS_SOURCE."""
-    override = os.environ.get("SHEPHERD_FUNCTIONS_SOURCE")
-    return (
-        Path(override)
-        if override
-        else Path(__file__).resolve().parents[2] / "functions" / "main.py"
-    )
+    return config.functions_source or Path(__file__).resolve().parents[2] / "functions" / "main.py"
 
 
 class Dispatcher:
@@ -112,6 +109,9 @@ class PubSubPublish:
         except UnknownTopic:
             error = _pubsub_error(404, "NOT_FOUND", f"Resource not found (resource={topic}).")
             return _json_response(start_response, "404 Not Found", error)
+        except StoreUnavailable as e:
+            error = _pubsub_error(503, "UNAVAILABLE", str(e))
+            return _json_response(start_response, "503 Service Unavailable", error)
         return _json_response(start_response, "200 OK", {"messageIds": ids})
 
 
@@ -159,20 +159,22 @@ class SchedulerTicker:
                 try:
                     client.post(self._url)
                 except httpx.HTTPError as e:
-                    log.warning("scheduler tick failed: %s", e)
+                    logger.warning("scheduler tick failed: %s", e)
 
 
-def serve(host: str, port: int) -> int:
-    source = str(functions_source())
+def serve(config: Config, host: str, port: int) -> int:
+    source = str(functions_source(config))
     apps: dict[str, WsgiApp] = {}
     server = make_server(host, port, Dispatcher(apps), threaded=True)
     url = f"http://{host}:{server.port}"
-    os.environ.setdefault("SHEPHERD_TIMER_URL", url + "/on-timer")
+    if config.timer_url is None:
+        config = dataclasses.replace(config, timer_url=url + "/on-timer")
     try:
-        service = get_service()  # fails here, before serving, on a bad job file
+        service = build_service(config)  # fails here, before serving, on a bad job file
     except BaseException:
         server.server_close()
         raise
+    install_service(service)  # what the functions' apps below answer with
     for route, (target, kind) in ROUTES.items():
         apps[route] = functions_framework.create_app(target, source, kind)
     deliverer = None
@@ -182,11 +184,9 @@ def serve(host: str, port: int) -> int:
             service.embedded, url, RealClock(), timer_headers=service.timer_headers
         )
         service.embedded.on_schedule = deliverer.poke
-    elif os.environ.get("PUBSUB_EMULATOR_HOST") and os.environ.get("SHEPHERD_TOPIC"):
-        name = ensure_push_subscription(
-            os.environ["SHEPHERD_TOPIC"], url + "/on-build-notification"
-        )
-        log.info("push subscription %s -> %s/on-build-notification", name, url)
+    elif config.pubsub_emulator and config.topic:
+        name = ensure_push_subscription(config.topic, url + "/on-build-notification")
+        logger.info("push subscription %s -> %s/on-build-notification", name, url)
     recovered = service.engine.recover()
     if deliverer is not None:
         deliverer.start()
@@ -202,7 +202,7 @@ def serve(host: str, port: int) -> int:
     signal.signal(signal.SIGINT, stop)
     print(f"listening on {url}", flush=True)
     if recovered:
-        log.info("handed %d pending timers to the queue again", recovered)
+        logger.info("handed %d pending timers to the queue again", recovered)
     try:
         server.serve_forever()
     finally:

@@ -3,6 +3,8 @@
 Task names derive from timer ids, so Cloud Tasks refuses a second task for the same timer in
 production. Correctness does not rest on that: a timer delivered twice, or one whose
 invocation moved on, is ignored by the handler (the emulator neither dedups nor deletes).
+Transient Cloud Tasks errors become Unavailable: the function answers 503, and the event,
+delivered again, hands its timers again.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
 from google.protobuf import timestamp_pb2
 
 from ..model import QueuedTask
+from ..ports import Unavailable
+from .google_errors import TRANSIENT, describe
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -42,6 +47,14 @@ def make_client(emulator_host: str | None) -> tasks_v2.CloudTasksClient:
     return tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
 
 
+@contextmanager
+def _unavailable_on_transient_errors() -> Iterator[None]:
+    try:
+        yield
+    except TRANSIENT as e:
+        raise Unavailable(f"Cloud Tasks: {describe(e)}") from e
+
+
 class CloudTasksQueue:
     def __init__(
         self,
@@ -60,12 +73,13 @@ class CloudTasksQueue:
     def ensure_queue(self) -> None:
         """Creates the queue if it is missing (on an emulator; terraform makes the real one)."""
         parent, _, _ = self._queue.rpartition("/queues/")
-        with contextlib.suppress(gexc.AlreadyExists):
+        with _unavailable_on_transient_errors(), contextlib.suppress(gexc.AlreadyExists):
             self._client.create_queue(parent=parent, queue=tasks_v2.Queue(name=self._queue))
 
     def schedule(self, tasks: Sequence[QueuedTask]) -> None:
-        for task in tasks:
-            self._create(task)
+        with _unavailable_on_transient_errors():
+            for task in tasks:
+                self._create(task)
 
     def _create(self, task: QueuedTask) -> None:
         eta = timestamp_pb2.Timestamp()
@@ -85,4 +99,4 @@ class CloudTasksQueue:
                 task=tasks_v2.Task(name=name, schedule_time=eta, http_request=http),
             )
         except gexc.AlreadyExists:
-            log.info("task %s exists already", name)
+            logger.info("task %s exists already", name)

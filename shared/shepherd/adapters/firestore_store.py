@@ -4,9 +4,14 @@ Layout:
 - `invocations/{id}`: the invocation as JSON (`state`) plus the fields queries need
   (`job_id`, `status`, `created_ns`, `mutation_count`);
 - `invocations/{id}/log/{mutation count, 8 digits}`: the lines one change appended, so an event
-  costs one read and two writes however many lines it logs;
+  costs one read and two writes however many lines it logs; each entry is `t` (time), `x`
+  (text), `k` (kind) and `c` (the outbound call, when it records one);
 - `requests/{quoted job id}:{sha256 of the request id}`: the invocation a request id started.
 Job ids carry "/" and spaces, so they are percent-quoted wherever they name a document.
+
+Firestore's transient errors (unavailable, deadline, internal, exhausted, an abort outside the
+compare-and-swap, the client's retries running out) become StoreUnavailable; a lost
+compare-and-swap is ConflictError, however Firestore reports it.
 """
 
 from __future__ import annotations
@@ -14,22 +19,29 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from functools import wraps
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry as retries
 from google.cloud import firestore
 
-from ..model import Invocation, LogEntry, Status
-from ..ports import ConflictError, StoreStats
+from ..model import Invocation, LogEntry, LogKind, Status
+from ..ports import ConflictError, StoreStats, StoreUnavailable
+from .google_errors import describe, transient_cause
 
 INVOCATIONS = "invocations"
 REQUESTS = "requests"
 LOG = "log"
 ACTIVE = [Status.STARTING.value, Status.RUNNING.value]
 VERSIONS_KEPT = 10_000
+DEFAULT_TIMEOUT_S = 10.0
+
+T = TypeVar("T")
 
 
 def request_doc_id(job_id: str, request_id: str) -> str:
@@ -52,8 +64,19 @@ def _invocation(snapshot: Any) -> Invocation:
     return Invocation.from_dict(json.loads(snapshot.get("state")))
 
 
+def _log_item(entry: LogEntry) -> dict[str, Any]:
+    item: dict[str, Any] = {"t": entry.time_ns, "x": entry.text, "k": entry.kind.value}
+    if entry.call is not None:
+        item["c"] = entry.call
+    return item
+
+
+def _log_entry(item: dict[str, Any]) -> LogEntry:
+    return LogEntry(item["t"], item["x"], LogKind.stored(item.get("k")), item.get("c"))
+
+
 def _log_doc(entries: Sequence[LogEntry], retention_ns: int | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"entries": [{"t": e.time_ns, "x": e.text} for e in entries]}
+    doc: dict[str, Any] = {"entries": [_log_item(e) for e in entries]}
     if retention_ns is not None:
         # The TTL policy on `log.expire_at` (terraform) deletes old chunks.
         expires = (entries[-1].time_ns + retention_ns) / 1e9
@@ -61,11 +84,59 @@ def _log_doc(entries: Sequence[LogEntry], retention_ns: int | None) -> dict[str,
     return doc
 
 
+@contextmanager
+def _unavailable_on_transient_errors() -> Iterator[None]:
+    try:
+        yield
+    except (ConflictError, StoreUnavailable):
+        raise
+    except Exception as e:
+        cause = transient_cause(e)
+        if cause is None:
+            raise
+        raise StoreUnavailable(f"Firestore: {describe(cause)}") from e
+
+
+def _translated(method: Callable[..., T]) -> Callable[..., T]:
+    @wraps(method)
+    def run(*args: Any, **kwargs: Any) -> T:
+        with _unavailable_on_transient_errors():
+            return method(*args, **kwargs)
+
+    return run
+
+
+def _bound_calls(client: firestore.Client, timeout_s: float) -> None:
+    """Every call of this client gives up after `timeout_s`, its own retries included.
+
+    Firestore's defaults retry for 60 s (300 s for reads and queries), longer than a function
+    should wait before answering 503, and a transaction's begin, commit and rollback take no
+    retry argument. So the bound goes on every method of the client's transport, keeping each
+    method's own choice of errors to retry (the transport's table is private to the library;
+    tests/test_store_unavailable.py sees an outage answered within the bound)."""
+    for call in client._firestore_api._transport._wrapped_methods.values():
+        if call._retry is not None:
+            call._retry = call._retry.with_timeout(timeout_s).with_delay(
+                initial=0.05, maximum=1.0, multiplier=2.0
+            )
+        call._timeout = timeout_s
+
+
 class FirestoreStore:
     def __init__(
-        self, client: firestore.Client, prefix: str = "", retention_ns: int | None = None
+        self,
+        client: firestore.Client,
+        prefix: str = "",
+        retention_ns: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self._db = client
+        _bound_calls(client, timeout_s)
+        # Queries resume a broken stream by themselves; they get the same bound explicitly.
+        self._read_retry = retries.Retry(
+            predicate=retries.if_transient_error, initial=0.05, maximum=1.0, multiplier=2.0
+        ).with_timeout(timeout_s)
+        self._timeout_s = timeout_s
         self._retention_ns = retention_ns
         # The update time of each invocation version get() read: commit()'s precondition.
         self._versions: OrderedDict[tuple[int, int], Any] = OrderedDict()
@@ -79,6 +150,7 @@ class FirestoreStore:
     def _log(self, invocation_id: int, mutation_count: int) -> Any:
         return self._doc(invocation_id).collection(LOG).document(f"{mutation_count:08d}")
 
+    @_translated
     def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
         request_id = invocation.request.request_id
         request_ref = (
@@ -103,13 +175,20 @@ class FirestoreStore:
                 )
             return invocation
 
-        created = run(self._db.transaction())
+        try:
+            created = run(self._db.transaction())
+        except gexc.AlreadyExists:
+            if request_ref is None:
+                raise
+            # A racing trigger of the same request created it first: this time we find it.
+            created = run(self._db.transaction())
         self.stats.transactions += 1
         self.stats.reads += 1 if request_ref is not None else 0
         if created is invocation:
             self.stats.writes += 1 + (request_ref is not None) + bool(log)
         return created
 
+    @_translated
     def get(self, invocation_id: int) -> Invocation | None:
         snapshot = self._doc(invocation_id).get()
         self.stats.reads += 1
@@ -119,6 +198,7 @@ class FirestoreStore:
         self._remember(invocation, snapshot.update_time)
         return invocation
 
+    @_translated
     def commit(
         self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]
     ) -> None:
@@ -146,7 +226,12 @@ class FirestoreStore:
         try:
             run(self._db.transaction())
         except (gexc.Aborted, gexc.Conflict) as e:
-            # Firestore gave up on contention after its own retries: someone else won.
+            # Contention on the invocation's document: someone else is changing it.
+            raise ConflictError(f"invocation {invocation.id}: {e}") from e
+        except ValueError as e:
+            # The transaction helper gave up after retrying aborts: someone else won.
+            if not isinstance(e.__cause__, gexc.Aborted):
+                raise
             raise ConflictError(f"invocation {invocation.id}: {e}") from e
         self.stats.reads += 1
         self.stats.writes += 2 if log else 1
@@ -182,18 +267,24 @@ class FirestoreStore:
         while len(self._versions) > VERSIONS_KEPT:
             self._versions.popitem(last=False)
 
-    def read_log(self, invocation_id: int) -> list[LogEntry]:
-        docs = self._doc(invocation_id).collection(LOG).order_by("__name__").stream()
-        return [LogEntry(e["t"], e["x"]) for doc in docs for e in doc.get("entries")]
+    def _stream(self, query: Any) -> Iterator[Any]:
+        return query.stream(retry=self._read_retry, timeout=self._timeout_s)
 
+    @_translated
+    def read_log(self, invocation_id: int) -> list[LogEntry]:
+        docs = self._stream(self._doc(invocation_id).collection(LOG).order_by("__name__"))
+        return [_log_entry(e) for doc in docs for e in doc.get("entries")]
+
+    @_translated
     def list_invocations(self, job_id: str, limit: int = 50) -> list[Invocation]:
         query = (
             self._invocations.where(filter=firestore.FieldFilter("job_id", "==", job_id))
             .order_by("created_ns", direction=firestore.Query.DESCENDING)
             .limit(limit)
         )
-        return [_invocation(doc) for doc in query.stream()]
+        return [_invocation(doc) for doc in self._stream(query)]
 
+    @_translated
     def list_active(self) -> list[Invocation]:
         query = self._invocations.where(filter=firestore.FieldFilter("status", "in", ACTIVE))
-        return [_invocation(doc) for doc in query.stream()]
+        return [_invocation(doc) for doc in self._stream(query)]

@@ -15,7 +15,7 @@ from google.cloud import pubsub_v1
 
 from .embedded import publisher_account
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PUBLISHER_ROLE = "roles/pubsub.publisher"
 
@@ -48,7 +48,7 @@ class PubSubTopic:
         try:
             policy = self._client.get_iam_policy(request={"resource": self._topic})
         except gexc.MethodNotImplemented:
-            log.warning("IAM is not implemented here (an emulator): %s not granted", member)
+            logger.warning("IAM is not implemented here (an emulator): %s not granted", member)
             return
         for binding in policy.bindings:
             if binding.role == PUBLISHER_ROLE and member in binding.members:

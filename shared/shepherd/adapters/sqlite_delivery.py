@@ -26,11 +26,12 @@ from typing import Any
 from ..clock import Clock
 from ..durations import MILLISECOND, SECOND
 from ..model import QueuedTask
+from ..ports import StoreUnavailable
 from ..timestamps import format_rfc3339
 from .embedded import topic_name
-from .sqlite_db import create_schema, transaction
+from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LEASE_NS = 180 * SECOND  # longer than a delivery's HTTP timeout, so none is sent twice at once
 MAX_BACKOFF_NS = 10 * SECOND
@@ -64,16 +65,23 @@ class Delivery:
 
 
 class SqliteDeliveryQueue:
-    """The TimerQueue port, and the topics with their push subscription, in one SQLite file."""
+    """The TimerQueue port, and the topics with their push subscription, in one SQLite file.
+    A busy lock past `timeout_s`, or a failing disk, raises StoreUnavailable."""
 
-    def __init__(self, path: str | Path, queue_name: str = "shepherd-status-checks") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        queue_name: str = "shepherd-status-checks",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
         self._path = str(path)
+        self._timeout_s = timeout_s
         self.queue_name = queue_name
         self.on_schedule: Callable[[], None] = lambda: None
-        create_schema(self._path, _SCHEMA)
+        create_schema(self._path, _SCHEMA, timeout_s)
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._path, write=True)
+        return transaction(self._path, write=True, timeout_s=self._timeout_s)
 
     def _insert(self, rows: list[tuple[str, str, str, int]]) -> None:
         if not rows:
@@ -210,9 +218,12 @@ class Deliverer:
                 for item in leased:
                     self._pool.submit(self._deliver, item)
                 wait_s = 0.0 if leased else self._idle_wait_s()
+            except StoreUnavailable as e:
+                logger.warning("cannot read the delivery queue: %s", e)
+                wait_s = 0.5
             except sqlite3.Error:
-                # A busy or broken store must not end the thread: look again shortly.
-                log.exception("cannot read the delivery queue")
+                # A broken store must not end the thread either: look again shortly.
+                logger.exception("cannot read the delivery queue")
                 wait_s = 0.5
             if wait_s:
                 self._wake.wait(wait_s)
@@ -245,9 +256,9 @@ class Deliverer:
             # A 4xx means the request itself is wrong: sending it again would not help.
             delivered = response.status_code < 500
             if response.status_code >= 400:
-                log.warning("%s: %d %s", item.name, response.status_code, response.text)
+                logger.warning("%s: %d %s", item.name, response.status_code, response.text)
         except httpx.HTTPError as e:
-            log.warning("%s: %s", item.name, e)
+            logger.warning("%s: %s", item.name, e)
             delivered = False
         try:
             if delivered:
@@ -255,6 +266,9 @@ class Deliverer:
             else:
                 backoff = min(100 * MILLISECOND * 2**item.attempts, MAX_BACKOFF_NS)
                 self._queue.retry(item.name, self._clock.now_ns() + backoff)
+        except StoreUnavailable as e:
+            # Not recorded: the lease runs out and the delivery comes again, late.
+            logger.warning("%s: cannot record the delivery: %s", item.name, e)
         except sqlite3.Error:
-            log.exception("%s: cannot record the delivery", item.name)
+            logger.exception("%s: cannot record the delivery", item.name)
         self._wake.set()

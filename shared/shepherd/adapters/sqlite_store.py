@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..model import Invocation, LogEntry
+from ..model import Invocation, LogEntry, LogKind
 from ..ports import ConflictError, StoreStats
-from .sqlite_db import create_schema, transaction
+from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invocations (
@@ -37,19 +37,35 @@ CREATE TABLE IF NOT EXISTS log_lines (
     idx INTEGER NOT NULL,
     time_ns INTEGER NOT NULL,
     text TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'info',
+    call TEXT,
     PRIMARY KEY (invocation_id, mutation_count, idx)
 );
 """
+# Columns added since the first schema: a file written before them gains them on open.
+_ADDED_LOG_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'info'", "call": "TEXT"}
+
+
+def _add_missing_columns(path: str, timeout_s: float) -> None:
+    with transaction(path, write=True, timeout_s=timeout_s) as db:
+        present = {row[1] for row in db.execute("PRAGMA table_info(log_lines)")}
+        for name, definition in _ADDED_LOG_COLUMNS.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE log_lines ADD COLUMN {name} {definition}")
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    """A busy lock past `timeout_s`, or a failing disk, raises StoreUnavailable."""
+
+    def __init__(self, path: str | Path, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._path = str(path)
+        self._timeout_s = timeout_s
         self.stats = StoreStats()
-        create_schema(self._path, _SCHEMA)
+        create_schema(self._path, _SCHEMA, timeout_s)
+        _add_missing_columns(self._path, timeout_s)
 
     def _transaction(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._path, write)
+        return transaction(self._path, write, self._timeout_s)
 
     def _append_log(
         self, db: sqlite3.Connection, invocation: Invocation, log: Sequence[LogEntry]
@@ -58,10 +74,10 @@ class SqliteStore:
         if not log:
             return
         db.executemany(
-            "INSERT INTO log_lines (invocation_id, mutation_count, idx, time_ns, text)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO log_lines (invocation_id, mutation_count, idx, time_ns, text, kind, call)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (invocation.id, invocation.mutation_count, i, e.time_ns, e.text)
+                (invocation.id, invocation.mutation_count, i, e.time_ns, e.text, e.kind, e.call)
                 for i, e in enumerate(log)
             ],
         )
@@ -130,11 +146,11 @@ class SqliteStore:
     def read_log(self, invocation_id: int) -> list[LogEntry]:
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT time_ns, text FROM log_lines WHERE invocation_id = ?"
+                "SELECT time_ns, text, kind, call FROM log_lines WHERE invocation_id = ?"
                 " ORDER BY mutation_count, idx",
                 (invocation_id,),
             ).fetchall()
-        return [LogEntry(t, text) for t, text in rows]
+        return [LogEntry(t, text, LogKind.stored(kind), call) for t, text, kind, call in rows]
 
     def list_invocations(self, job_id: str, limit: int = 50) -> list[Invocation]:
         with self._transaction() as db:

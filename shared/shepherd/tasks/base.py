@@ -1,9 +1,32 @@
-"""What a task kind is, and what the engine gives it (LUCI's task.Manager / task.Controller)."""
+"""What a task kind is, and what the engine gives it (LUCI's task.Manager / task.Controller).
+
+The contract of a task kind, for whoever writes a new one:
+
+- The engine drives one invocation by events: its launch, each timer the kind added, each
+  Pub/Sub notification that carries the kind's token, an abort. Each event reads the invocation,
+  lets the kind act through a `Controller`, then commits what the kind changed (status,
+  view_url, task_data, debug-log lines, new timers) as one stored change, compare-and-swap on
+  the invocation's mutation count.
+- Delivery is at least once and unordered: expect every timer and notification to come twice,
+  late, or before an older one. Handlers must be idempotent; the engine drops a timer it already
+  handled, but a notification may repeat news the kind has seen (compare what it carries with
+  what `task_data` knows).
+- `TransientError` from a timer, notification or abort handler means "deliver this event
+  again later, state untouched": nothing the handler did is kept (status, task data and debug
+  log stay as they were), so a side effect before it must be safe to repeat. From `launch`,
+  the attempt's debug log (and anything `ctl.save()` stored) is kept and the launch is tried
+  again with backoff, up to a limit, while the invocation stays STARTING.
+- Any other exception fails the invocation: the engine writes it to the debug log and sets
+  FAILED (an abort still ends ABORTED).
+- Lost races are the engine's business: if another event committed first, the commit fails and
+  the whole event is delivered again, so handlers may run more than once for one change.
+"""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
+from ..debuglog import DebugLog
 from ..jobs import ConfigModel, Settings
 from ..model import PubSubMessage, Status, TriggerRequest
 
@@ -17,13 +40,20 @@ class TaskError(Exception):
 
 
 class Controller(Protocol):
-    """The engine's side of one event: state, log, timers, topic and clock."""
+    """The engine's side of one event: state, debug log, timers, topic and clock.
+
+    Valid only during the call it is handed to. The kind changes `status`, `view_url` and
+    `task_data` in place; the engine stores them when the handler returns.
+    """
 
     @property
     def job_id(self) -> str: ...
 
     @property
-    def invocation_id(self) -> int: ...
+    def invocation_id(self) -> int:
+        """Unique and stable across launch attempts: use it as the key that makes an outbound
+        request idempotent (Buildbucket's requestId)."""
+        ...
 
     @property
     def config(self) -> Any:
@@ -38,43 +68,65 @@ class Controller(Protocol):
         """The job file's global settings (status check delays, app id)."""
         ...
 
+    @property
+    def debug_log(self) -> DebugLog:
+        """The invocation's debug log: every line is written here with its kind."""
+        ...
+
     status: Status
     view_url: str
     task_data: dict[str, Any]
 
-    def log(self, text: str) -> None: ...
-
-    def add_timer(
-        self, delay_ns: int, title: str, payload: dict[str, Any] | None = None
-    ) -> None: ...
+    def add_timer(self, delay_ns: int, title: str, payload: dict[str, Any] | None = None) -> None:
+        """A later call to `handle_timer(title, payload)`. Timers cannot be cancelled (ignore
+        them instead) and are dropped once the invocation is final; they are handed to the
+        queue only after the event's change is stored."""
+        ...
 
     def prepare_topic(self, publisher: str) -> tuple[str, str]:
-        """Returns (topic name, signed token that identifies this invocation)."""
+        """Returns (topic name, signed token that identifies this invocation). The publisher
+        must send the token back in each message, where `examine_notification` finds it."""
         ...
 
     def now_ns(self) -> int: ...
 
     def save(self) -> None:
-        """Stores what was done so far before a slow call; best effort."""
+        """Stores what was done so far before a slow call; best effort (a conflict surfaces
+        when the engine commits at the end of the event)."""
         ...
 
 
 class TaskKind(Protocol):
-    """What one kind of task does. The engine knows nothing more about it."""
+    """What one kind of task does. The engine knows nothing more about it.
+
+    See the module's docstring for the contract every method follows.
+    """
 
     name: ClassVar[str]
     config_model: ClassVar[ConfigModel]
 
     def launch(self, ctl: Controller) -> None:
-        """Starts the task; must move the invocation out of STARTING unless it raises."""
+        """Starts the task. Must move the invocation out of STARTING unless it raises: to
+        RUNNING (and then arrange, by a timer or a notification, to reach a final status
+        eventually) or straight to a final status. May run again for the same invocation after
+        a crash or a `TransientError`, so its outbound requests must be idempotent."""
         ...
 
     def examine_notification(self, message: PubSubMessage) -> str | None:
-        """Returns the token the task put in its notification config, if the message has one."""
+        """Returns the token the task put in its notification config, if the message has one.
+        No state: the engine verifies the token and finds the invocation."""
         ...
 
-    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None: ...
+    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
+        """A notification for a RUNNING invocation. Expect duplicates and reordering."""
+        ...
 
-    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None: ...
+    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
+        """A timer the kind added, delivered at or after its time, late or early by the
+        queue's slack. The engine has dropped duplicates of it; expect reordering."""
+        ...
 
-    def abort(self, ctl: Controller) -> None: ...
+    def abort(self, ctl: Controller) -> None:
+        """Stops the task on the remote side, best effort; the engine then sets ABORTED (or
+        FAILED on a timeout) whatever the kind did. Must be idempotent."""
+        ...

@@ -6,21 +6,22 @@ import base64
 import json
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from ..debuglog import json_block
+from ..debuglog import DebugLog, json_block
 from ..durations import SECOND
 from ..grpc_codes import RpcError
-from ..model import PubSubMessage, Status, TriggerRequest, tag_key
+from ..model import LogKind, PubSubMessage, Status, TriggerRequest, tag_key
 from ..ports import BuildsAPI
 from ..timestamps import parse_rfc3339
 from ..validation import Model, field
 from .base import Controller, TaskError, TransientError
 
 STATUS_CHECK_TIMER = "check-buildbucket-build-status"
+# The outbound calls the debug log records (LogEntry.call).
+SCHEDULE_BUILD, GET_BUILD, CANCEL_BUILD = "ScheduleBuild", "GetBuild", "CancelBuild"
 RESERVED_TAGS = ("scheduler_invocation_id", "scheduler_job_id", "user_agent")
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
 _BUILDSET = re.compile(r"^commit/gitiles/([^/]+)/(.+?)/\+/([a-f0-9]+)$")
@@ -122,7 +123,7 @@ def _commit_from_trigger(request: TriggerRequest) -> GitilesCommit | None:
 
 
 def _pop_commit_from_tags(
-    log: Callable[[str], None], props: dict[str, Any], tags: list[str]
+    debug_log: DebugLog, props: dict[str, Any], tags: list[str]
 ) -> GitilesCommit | None:
     """Takes gitiles information out of tags and properties, which Buildbucket v2 refuses."""
     commit: GitilesCommit | None = None
@@ -132,16 +133,18 @@ def _pop_commit_from_tags(
         key, _, value = tag.partition(":")
         if key == "gitiles_ref":
             if ref:
-                log(f"Ignoring extra gitiles_ref {json.dumps(ref)}")
+                debug_log.write(LogKind.INFO, f"Ignoring extra gitiles_ref {json.dumps(ref)}")
             ref = normalize_ref(value)
         elif key == "buildset":
             if commit is not None:
-                log(f"Ignoring extra buildset tag {json.dumps(tag)}")
+                debug_log.write(LogKind.INFO, f"Ignoring extra buildset tag {json.dumps(tag)}")
             elif m := _BUILDSET.match(value):
                 commit = GitilesCommit(m[1], m[2], m[3])
-                log(f"Popped buildset tag {json.dumps(tag)}")
+                debug_log.write(LogKind.INFO, f"Popped buildset tag {json.dumps(tag)}")
             else:
-                log(f"Ignoring unrecognized buildset tag {json.dumps(tag)}")
+                debug_log.write(
+                    LogKind.INFO, f"Ignoring unrecognized buildset tag {json.dumps(tag)}"
+                )
         else:
             kept.append(tag)
     tags[:] = kept
@@ -149,7 +152,7 @@ def _pop_commit_from_tags(
     if commit is not None:
         commit = GitilesCommit(commit.host, commit.project, commit.id, ref)
     elif ref:
-        log("Ignoring gitiles_ref tag without the buildset tag")
+        debug_log.write(LogKind.INFO, "Ignoring gitiles_ref tag without the buildset tag")
 
     def pop(key: str) -> str:
         value = props.pop(key, None)
@@ -160,33 +163,41 @@ def _pop_commit_from_tags(
         for key, value in (("repository", repository), ("branch", branch), ("revision", revision)):
             if value:
                 quoted = json.dumps(value)
-                log(f'No buildset tag present, ignoring property "{key}": {quoted}')
+                debug_log.write(
+                    LogKind.INFO, f'No buildset tag present, ignoring property "{key}": {quoted}'
+                )
         return None
     if repository:
         try:
             host, project = normalize_repo_url(repository)
         except ValueError:
-            log(f'Ignoring invalid property "repository": {json.dumps(repository)}')
+            debug_log.write(
+                LogKind.INFO, f'Ignoring invalid property "repository": {json.dumps(repository)}'
+            )
         else:
             if host != commit.host:
-                log(
+                debug_log.write(
+                    LogKind.INFO,
                     f"Git host in properties {json.dumps(host)} doesn't match "
-                    f"the one in tags {json.dumps(commit.host)}"
+                    f"the one in tags {json.dumps(commit.host)}",
                 )
             if project != commit.project:
-                log(
+                debug_log.write(
+                    LogKind.INFO,
                     f"Git project in properties {json.dumps(project)} doesn't match "
-                    f"the one in tags {json.dumps(commit.project)}"
+                    f"the one in tags {json.dumps(commit.project)}",
                 )
     if branch and branch != commit.ref:
-        log(
+        debug_log.write(
+            LogKind.INFO,
             f"Git ref in properties {json.dumps(branch)} doesn't match "
-            f"the one in tags {json.dumps(commit.ref)}"
+            f"the one in tags {json.dumps(commit.ref)}",
         )
     if revision and revision != commit.id:
-        log(
+        debug_log.write(
+            LogKind.INFO,
             f"Git commit in properties {json.dumps(revision)} doesn't match "
-            f"the one in tags {json.dumps(commit.id)}"
+            f"the one in tags {json.dumps(commit.id)}",
         )
     return commit
 
@@ -205,7 +216,7 @@ def build_schedule_request(
     invocation_id: int,
     trigger: TriggerRequest,
     app_id: str,
-    log: Callable[[str], None],
+    debug_log: DebugLog,
 ) -> dict[str, Any]:
     """The ScheduleBuild request, without `notify`; logs what LUCI logs on the way."""
     tags = [
@@ -217,18 +228,21 @@ def build_schedule_request(
     ]
     props = {**cfg.properties, **trigger.properties}
     commit = _commit_from_trigger(trigger)
-    from_tags = _pop_commit_from_tags(log, props, tags)
+    from_tags = _pop_commit_from_tags(debug_log, props, tags)
     if commit is None and from_tags is not None:
-        log("Reconstructed gitiles commit from tags")
+        debug_log.write(LogKind.INFO, "Reconstructed gitiles commit from tags")
         commit = from_tags
     elif commit is not None and from_tags is not None:
         if commit == from_tags:
-            log("Popped gitiles commit info from properties and tags")
+            debug_log.write(LogKind.INFO, "Popped gitiles commit info from properties and tags")
         else:
-            log("crbug.com/1182002: Gitiles commit from triggers doesn't match the one from tags")
-            log("From triggers:\n" + json_block(commit.to_json()))
-            log("From properties:\n" + json_block(from_tags.to_json()))
-            log("Using the one from tags")
+            debug_log.write(
+                LogKind.INFO,
+                "crbug.com/1182002: Gitiles commit from triggers doesn't match the one from tags",
+            )
+            debug_log.write(LogKind.INFO, "From triggers:\n" + json_block(commit.to_json()))
+            debug_log.write(LogKind.INFO, "From properties:\n" + json_block(from_tags.to_json()))
+            debug_log.write(LogKind.INFO, "Using the one from tags")
             commit = from_tags
     out: dict[str, Any] = {
         "requestId": str(invocation_id),
@@ -243,14 +257,16 @@ def build_schedule_request(
     return out
 
 
-def invocation_status(build: dict[str, Any], log: Callable[[str], None]) -> Status | None:
+def invocation_status(build: dict[str, Any], debug_log: DebugLog) -> Status | None:
     """The invocation status a build's status means; None while the build is active."""
     status = build.get("status")
     if status in _ACTIVE:
         return None
     if status in _STATUS_MAP:
         return _STATUS_MAP[status]
-    log(f"Unexpected Build status {status}, marking the invocation as failed")
+    debug_log.write(
+        LogKind.ERROR, f"Unexpected Build status {status}, marking the invocation as failed"
+    )
     return Status.FAILED
 
 
@@ -270,18 +286,18 @@ class BuildbucketKind:
             invocation_id=ctl.invocation_id,
             trigger=ctl.request,
             app_id=ctl.settings.app_id,
-            log=ctl.log,
+            debug_log=ctl.debug_log,
         )
         url = server_url(cfg.server)
-        ctl.log(f"Preparing PubSub topic for {json.dumps(url)}")
+        ctl.debug_log.write(LogKind.INFO, f"Preparing PubSub topic for {json.dumps(url)}")
         try:
             topic, token = ctl.prepare_topic(url)
         except Exception as e:
-            ctl.log(f"Failed to prepare PubSub topic - {e}")
+            ctl.debug_log.write(LogKind.ERROR, f"Failed to prepare PubSub topic - {e}")
             raise TransientError(f"failed to prepare PubSub topic - {e}") from e
-        ctl.log(f"PubSub topic is {json.dumps(topic)}")
+        ctl.debug_log.write(LogKind.INFO, f"PubSub topic is {json.dumps(topic)}")
         request["notify"] = {"pubsubTopic": topic}
-        ctl.log("Buildbucket request:\n" + json_block(request))
+        ctl.debug_log.write(LogKind.REQUEST, "Buildbucket request:\n" + json_block(request))
         # The token goes in only after the request was logged: it must not reach the log.
         request["notify"]["userData"] = base64.b64encode(token.encode()).decode("ascii")
         ctl.save()
@@ -289,15 +305,19 @@ class BuildbucketKind:
         try:
             build = self._api.schedule_build(cfg.server, request)
         except RpcError as e:
-            ctl.log(f"Failed to schedule Buildbucket build - {e}")
+            ctl.debug_log.write(
+                LogKind.ERROR, f"Failed to schedule Buildbucket build - {e}", call=SCHEDULE_BUILD
+            )
             raise (TransientError if e.transient else TaskError)(str(e)) from e
-        ctl.log("Scheduled build:\n" + json_block(build))
+        ctl.debug_log.write(
+            LogKind.BUILD, "Scheduled build:\n" + json_block(build), call=SCHEDULE_BUILD
+        )
         ctl.task_data = {"build_id": str(build["id"]), "update_time": build.get("updateTime")}
         ctl.status = Status.RUNNING
         ctl.view_url = f"{url}/build/{build['id']}"
-        ctl.log(f"Task URL: {ctl.view_url}")
+        ctl.debug_log.write(LogKind.INFO, f"Task URL: {ctl.view_url}")
         # A retried request with the same requestId may find the build finished already.
-        if (final := invocation_status(build, ctl.log)) is not None:
+        if (final := invocation_status(build, ctl.debug_log)) is not None:
             ctl.status = final
         self._check_later(ctl)
 
@@ -325,16 +345,25 @@ class BuildbucketKind:
             or ctl.status is not Status.RUNNING
             or build.get("id") != ctl.task_data.get("build_id")
         ):
-            ctl.log("Received PubSub notification, asking Buildbucket for the build status")
+            ctl.debug_log.write(
+                LogKind.NOTIFICATION,
+                "Received PubSub notification, asking Buildbucket for the build status",
+            )
             self._check_status(ctl)
             return
         # The message is authentic (its signed userData names this invocation, and only
         # Buildbucket may publish to the topic) and carries the whole build: no GetBuild needed.
         if not self._is_news(ctl, build):
-            ctl.log("Received PubSub notification, nothing newer than what is known")
+            ctl.debug_log.write(
+                LogKind.NOTIFICATION,
+                "Received PubSub notification, nothing newer than what is known",
+            )
             return
-        ctl.log(f"Received PubSub notification with the build as of {build['updateTime']}")
-        self._apply(ctl, build)
+        ctl.debug_log.write(
+            LogKind.NOTIFICATION,
+            f"Received PubSub notification with the build as of {build['updateTime']}",
+        )
+        self._apply(ctl, build, call=None)
 
     def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
         if name == STATUS_CHECK_TIMER:
@@ -345,6 +374,8 @@ class BuildbucketKind:
         if ctl.status is Status.STARTING:
             raise TransientError(f'can\'t abort Buildbucket invocation in state "{ctl.status}"')
         build_id = self._build_id(ctl)
+        # CancelBuild writes no line of its own: it follows the engine's abort or timeout line.
+        ctl.debug_log.record_call(CANCEL_BUILD)
         try:
             self._api.cancel_build(ctl.config.server, build_id, "Canceled via shepherd")
         except RpcError as e:
@@ -384,14 +415,17 @@ class BuildbucketKind:
             delay = low + (self._rng.randrange(high - low) if high > low else 0)
         ctl.add_timer(delay - delay % SECOND, STATUS_CHECK_TIMER)
 
-    def _apply(self, ctl: Controller, build: dict[str, Any]) -> None:
+    def _apply(self, ctl: Controller, build: dict[str, Any], call: str | None) -> None:
+        """Takes in a build that `call` fetched (None: a notification brought it)."""
         if "updateTime" in build:
             ctl.task_data = {**ctl.task_data, "update_time": build["updateTime"]}
-        if (final := invocation_status(build, ctl.log)) is not None:
+        if (final := invocation_status(build, ctl.debug_log)) is not None:
             ctl.status = final
-            ctl.log("Build:\n" + json_block(build))
+            ctl.debug_log.write(LogKind.BUILD, "Build:\n" + json_block(build), call=call)
         else:
-            ctl.log(f"Build status: {build.get('status')}")
+            ctl.debug_log.write(
+                LogKind.BUILD_STATUS, f"Build status: {build.get('status')}", call=call
+            )
 
     def _check_status(self, ctl: Controller) -> None:
         if ctl.status is Status.STARTING:
@@ -402,9 +436,9 @@ class BuildbucketKind:
         try:
             build = self._api.get_build(ctl.config.server, build_id)
         except RpcError as e:
-            ctl.log(f"Failed to fetch build - {e}")
+            ctl.debug_log.write(LogKind.ERROR, f"Failed to fetch build - {e}", call=GET_BUILD)
             if e.transient:
                 raise TransientError(str(e)) from e
             ctl.status = Status.FAILED
             raise TaskError(str(e)) from e
-        self._apply(ctl, build)
+        self._apply(ctl, build, call=GET_BUILD)
