@@ -1,6 +1,7 @@
 """The Cloud Functions entry points. Each is deployed alone; `shepherd dev` serves them all."""
 
 import functions_framework
+from cloudevents.exceptions import GenericException
 from cloudevents.http import CloudEvent
 from flask import Request, Response
 from werkzeug.exceptions import HTTPException
@@ -13,6 +14,14 @@ from shepherd import web
 @functions_framework.errorhandler(HTTPException)
 def http_error(error: HTTPException) -> Response:
     return web.http_error(error)
+
+
+# The framework parses a CloudEvent before our code runs: data it cannot decode (such as JSON
+# nested thousands deep) would otherwise answer 500.
+@functions_framework.errorhandler(GenericException)
+@functions_framework.errorhandler(RecursionError)
+def unreadable_event(error: Exception) -> Response:
+    return web.unreadable_event(error)
 
 
 @functions_framework.http

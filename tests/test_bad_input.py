@@ -138,28 +138,61 @@ def test_notifications_of_any_shape_are_acknowledged_and_change_nothing(
     unchanged(dev, invocation_id, before)
 
 
-@SETTINGS
-@given(
-    event_data=json_values,
-    ce_type=st.sampled_from(["google.cloud.pubsub.topic.v1.messagePublished", "x.y", ""]),
+CE_TYPES = st.sampled_from(["google.cloud.pubsub.topic.v1.messagePublished", "x.y", ""])
+# Event data: any JSON, Pub/Sub-shaped messages with any payload, or nesting thousands deep.
+event_data = st.one_of(
+    json_values.map(json.dumps),
+    st.builds(
+        lambda payload: json.dumps({"message": push_body(payload)["message"]}),
+        st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode())),
+    ),
+    st.integers(1000, 20000).map(lambda n: "[" * n + "]" * n),
+    st.integers(1000, 20000).map(lambda n: '{"a":' * n + "1" + "}" * n),
 )
+
+
+def cloudevent_request(mode: str, ce_type: str, data: str) -> tuple[dict[str, str], str]:
+    """Headers and body of a CloudEvent in binary (ce-* headers) or structured mode."""
+    attributes = {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "//pubsub.googleapis.com/projects/p/topics/t",
+        "type": ce_type,
+    }
+    if mode == "binary":
+        headers = {f"ce-{k}": v for k, v in attributes.items()}
+        return {**headers, "Content-Type": "application/json"}, data
+    fields = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in attributes.items())
+    body = f'{{{fields}, "datacontenttype": "application/json", "data": {data}}}'
+    return {"Content-Type": "application/cloudevents+json"}, body
+
+
+@SETTINGS
+@given(data=event_data, ce_type=CE_TYPES, mode=st.sampled_from(["binary", "structured"]))
 def test_cloudevents_of_any_shape_get_no_server_error(
-    stack: tuple[DevProcess, str], event_data: Any, ce_type: str
+    stack: tuple[DevProcess, str], data: str, ce_type: str, mode: str
 ) -> None:
     dev, invocation_id = stack
     before = dev.log_lines(invocation_id)
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-id": "1",
-        "ce-source": "//pubsub.googleapis.com/projects/p/topics/t",
-        "ce-type": ce_type,
-        "Content-Type": "application/json",
-    }
-    response = dev.http.post(
-        dev.url + "/on-build-notification", content=json.dumps(event_data), headers=headers
-    )
+    headers, body = cloudevent_request(mode, ce_type, data)
+    response = dev.http.post(dev.url + "/on-build-notification", content=body, headers=headers)
     assert response.status_code < 500, response.text
     assert "Traceback" not in response.text
+    if response.status_code >= 400:
+        assert response.json()["error"]
+    unchanged(dev, invocation_id, before)
+
+
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_a_cloudevent_nested_5000_deep_gets_400(stack: tuple[DevProcess, str], mode: str) -> None:
+    dev, invocation_id = stack
+    before = dev.log_lines(invocation_id)
+    deep = "[" * 5000 + "]" * 5000
+    headers, body = cloudevent_request(mode, "google.cloud.pubsub.topic.v1.messagePublished", deep)
+    response = dev.http.post(dev.url + "/on-build-notification", content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert "not a readable CloudEvent" in response.json()["error"]
     unchanged(dev, invocation_id, before)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from localstack import JOB, LONG, QUICK, DevProcess, write_jobs
+from shepherd.views import InvocationView, InvocationWithLog
 from shepherd_tools.simulator.control import SimulatorProcess
 
 pytestmark = pytest.mark.stack
@@ -55,10 +57,24 @@ def test_trigger_follow_show_and_list(sim: SimulatorProcess, dev: DevProcess) ->
     assert '"n": 3' in request and '"name": "x"' in request
     assert '"key": "team"' in request and f'"id": "{REV}"' in request
 
+    # show prints every field of the view, list a column per field; both as the API answers.
+    answer = dev.invocation(invocation_id)
     shown = shepherd("show", invocation_id, url=dev.url)
-    assert shown.returncode == 0 and "SUCCEEDED" in shown.stdout and invocation_id in shown.stdout
+    assert shown.returncode == 0
+    rows = dict(line.split("\t", 1) for line in shown.stdout.splitlines())
+    assert list(rows) == [f.name for f in dataclasses.fields(InvocationWithLog)]
+    for name, value in rows.items():
+        expected = answer[name]
+        if name == "log":
+            assert value == f"{len(expected)} lines"
+        else:
+            assert value == ("—" if expected is None else str(expected))
+    assert rows["status"] == "SUCCEEDED" and rows["build_id"].isdigit()
     listed = shepherd("list", JOB, url=dev.url)
-    assert listed.returncode == 0 and invocation_id in listed.stdout
+    assert listed.returncode == 0
+    header, *lines = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert header == [f.name for f in dataclasses.fields(InvocationView)]
+    assert dict(zip(header, lines[0], strict=True)) == {name: rows[name] for name in header}
 
 
 def test_abort(sim: SimulatorProcess, dev: DevProcess) -> None:

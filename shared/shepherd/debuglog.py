@@ -1,4 +1,5 @@
-"""The debug log: its one writer, and its text and JSON forms (as the LUCI Scheduler's)."""
+"""The debug log: its one writer, and its text form (as the LUCI Scheduler's); the API's JSON
+form of a line is views.LogLine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from .clock import Clock
 from .model import LogEntry, LogKind
-from .timestamps import format_log_time, format_rfc3339
+from .timestamps import format_log_time
 
 
 class DebugLog:
@@ -47,14 +48,6 @@ def format_line(entry: LogEntry) -> str:
 
 def format_log(entries: Iterable[LogEntry]) -> str:
     return "".join(format_line(e) + "\n" for e in entries)
-
-
-def entry_json(entry: LogEntry) -> dict[str, str]:
-    """One entry as the API shows it."""
-    out = {"time": format_rfc3339(entry.time_ns), "text": entry.text, "kind": entry.kind.value}
-    if entry.call is not None:
-        out["call"] = entry.call
-    return out
 
 
 def json_block(value: Any) -> str:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from typing import Any, ClassVar, Literal, Protocol
 
 from .config import ConfigError
 from .durations import parse_duration
 from .schedule import Schedule, parse_schedule
+from .validation import Model, field
 
 _PROJECT = re.compile(r"^[a-z0-9_\-]+$")
 _JOB_NAME = re.compile(r"^[0-9A-Za-z_\-. ()]{1,100}$")
@@ -28,28 +28,30 @@ def _duration(value: Any) -> int:
     return ns
 
 
-GoDuration = Annotated[int, BeforeValidator(_duration)]
+class ConfigModel(Protocol):
+    """A task kind's configuration: validation.Model, or a pydantic model (its errors are
+    ValueErrors with `errors()` too)."""
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Any: ...
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    status_check_min: GoDuration = parse_duration("1m")
-    status_check_max: GoDuration = parse_duration("10m")
-    invocation_timeout: GoDuration = parse_duration("24h")
+@dataclass(frozen=True)
+class Settings(Model):
+    status_check_min: int = field(default=parse_duration("1m"), before=_duration)
+    status_check_max: int = field(default=parse_duration("10m"), before=_duration)
+    invocation_timeout: int = field(default=parse_duration("24h"), before=_duration)
     # The service's name: the `user_agent` tag and the project of embedded topic names.
     app_id: str = "shepherd"
     # "shepherd": trust the build a notification carries and check every status_check_max;
     # "luci": a GetBuild per notification and checks at random delays in [min, max].
     status_policy: Literal["shepherd", "luci"] = "shepherd"
 
-    @model_validator(mode="after")
-    def _bounds(self) -> Settings:
+    def check(self) -> None:
         if self.status_check_min <= 0:
             raise ValueError("status_check_min must be positive")
         if self.status_check_min > self.status_check_max:
             raise ValueError("status_check_min must not exceed status_check_max")
-        return self
 
 
 def _schedule(value: Any) -> Schedule:
@@ -58,15 +60,19 @@ def _schedule(value: Any) -> Schedule:
     return parse_schedule(value)
 
 
-class _JobHeader(BaseModel):
+@dataclass(frozen=True)
+class _JobHeader(Model):
     """The fields every job has, whatever its kind; the rest belongs to the kind."""
 
-    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+    extra: ClassVar = "ignore"
 
     id: str
     kind: str = "buildbucket"
-    schedule: Annotated[Schedule, BeforeValidator(_schedule)] | None = None
-    max_concurrent_invocations: int = Field(default=1, ge=1, le=100)
+    schedule: Schedule | None = field(default=None, before=_schedule)
+    max_concurrent_invocations: int = field(default=1, minimum=1, maximum=100)
+
+
+_HEADER = {f.name for f in dataclasses.fields(_JobHeader)}
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,9 @@ class JobsFile:
         return self.jobs.get(job_id)
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValueError) -> str:
+    if not hasattr(error, "errors"):
+        return str(error)
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
@@ -97,14 +105,14 @@ def _describe(error: ValidationError) -> str:
 
 
 def parse_jobs(
-    data: Mapping[str, Any], source: str, config_models: Mapping[str, type[BaseModel]]
+    data: Mapping[str, Any], source: str, config_models: Mapping[str, ConfigModel]
 ) -> JobsFile:
     unknown = set(data) - {"settings", "jobs"}
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}")
     try:
         settings = Settings.model_validate(data.get("settings", {}))
-    except ValidationError as e:
+    except ValueError as e:
         raise ConfigError(f"{source}: [settings]: {_describe(e)}") from None
 
     raw_jobs = data.get("jobs", [])
@@ -116,7 +124,7 @@ def parse_jobs(
         label = f'job "{raw["id"]}"' if named else f"job #{index + 1}"
         try:
             header = _JobHeader.model_validate(raw)
-        except ValidationError as e:
+        except ValueError as e:
             raise ConfigError(f"{source}: {label}: {_describe(e)}") from None
         label = f'job "{header.id}"'
         project, _, name = header.id.partition("/")
@@ -134,8 +142,8 @@ def parse_jobs(
                 f"(known: {', '.join(sorted(config_models))})"
             )
         try:
-            config = model.model_validate(header.model_extra or {})
-        except ValidationError as e:
+            config = model.model_validate({k: v for k, v in raw.items() if k not in _HEADER})
+        except ValueError as e:
             raise ConfigError(f"{source}: {label}: {_describe(e)}") from None
         jobs[header.id] = Job(
             id=header.id,
@@ -147,7 +155,7 @@ def parse_jobs(
     return JobsFile(settings=settings, jobs=jobs)
 
 
-def load_jobs(path: str | Path, config_models: Mapping[str, type[BaseModel]]) -> JobsFile:
+def load_jobs(path: str | Path, config_models: Mapping[str, ConfigModel]) -> JobsFile:
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -6,13 +6,72 @@ and the paths below `/api` are the api function's.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Iterator
 from typing import Any
 
-from .model import LogKind, Status
-from .schemas import TimerBody, TriggerBody
-from .web import MAX_BODY_BYTES
+from pydantic import TypeAdapter
 
-ERROR = {"$ref": "#/components/schemas/Error"}
+from .schemas import TimerBody, TriggerBody
+from .validation import Model
+from .views import (
+    MAX_BODY_BYTES,
+    Error,
+    InvocationList,
+    InvocationView,
+    InvocationWithLog,
+    TimerHandled,
+    Triggered,
+)
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(kind: type) -> dict[str, str]:
+    return {"$ref": REF.format(model=kind.__name__)}
+
+
+ERROR = _ref(Error)
+
+
+def _models(kind: type[Model]) -> Iterator[type[Model]]:
+    """The model and the models its fields hold, however deep."""
+    yield kind
+    for hint in typing.get_type_hints(kind).values():
+        for held in _types_in(hint):
+            if isinstance(held, type) and issubclass(held, Model):
+                yield from _models(held)
+
+
+def _types_in(hint: Any) -> Iterator[Any]:
+    yield hint
+    for arg in typing.get_args(hint):
+        yield from _types_in(arg)
+
+
+def _body_schemas(kind: type[Model]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A request body's schema and those of the models it holds: the types as pydantic reads
+    them, plus each field's constraints exactly as the validation applies them."""
+    schema = TypeAdapter(kind).json_schema(ref_template=REF)
+    defs = schema.pop("$defs", {})
+    for model in _models(kind):
+        target = schema if model is kind else defs[model.__name__]
+        if model.extra == "forbid":
+            target["additionalProperties"] = False
+        for f in dataclasses.fields(model):  # type: ignore[arg-type]
+            target["properties"][f.name].update(f.metadata.get("schema", {}))
+    return schema, defs
+
+
+def _view_schemas(*kinds: type) -> dict[str, Any]:
+    """The JSON schemas of the views (views.py), each named after its class."""
+    schemas: dict[str, Any] = {}
+    for kind in kinds:
+        schema = TypeAdapter(kind).json_schema(ref_template=REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[kind.__name__] = schema
+    return schemas
 
 
 def _responses(ok: str, ok_schema: dict[str, Any] | None, *errors: int) -> dict[str, Any]:
@@ -47,9 +106,8 @@ INVOCATION_ID = {
 
 
 def document() -> dict[str, Any]:
-    trigger_body = TriggerBody.model_json_schema(ref_template="#/components/schemas/{model}")
-    defs = trigger_body.pop("$defs", {})
-    invocation = {"$ref": "#/components/schemas/Invocation"}
+    trigger_body, defs = _body_schemas(TriggerBody)
+    timer_task, _ = _body_schemas(TimerBody)
     return {
         "openapi": "3.1.0",
         "info": {"title": "shepherd", "version": "1"},
@@ -60,7 +118,7 @@ def document() -> dict[str, Any]:
                     "requestBody": {"required": True, "content": _json(trigger_body)},
                     "responses": _responses(
                         "202 queued",
-                        _json({"$ref": "#/components/schemas/Triggered"}),
+                        _json(_ref(Triggered)),
                         400,
                         404,
                         413,
@@ -76,7 +134,7 @@ def document() -> dict[str, Any]:
                     },
                     "responses": _responses(
                         "200 handled, stale or ignored",
-                        _json({"type": "object", "properties": {"outcome": {"type": "string"}}}),
+                        _json(_ref(TimerHandled)),
                         400,
                         401,
                         413,
@@ -87,7 +145,9 @@ def document() -> dict[str, Any]:
                 "get": {
                     "summary": "One invocation with its log",
                     "parameters": [INVOCATION_ID],
-                    "responses": _responses("200 the invocation", _json(invocation), 400, 404),
+                    "responses": _responses(
+                        "200 the invocation", _json(_ref(InvocationWithLog)), 400, 404
+                    ),
                 }
             },
             "/api/invocations/{id}/log": {
@@ -103,7 +163,9 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Cancel the build; the invocation ends ABORTED",
                     "parameters": [INVOCATION_ID],
-                    "responses": _responses("200 aborted", _json(invocation), 400, 404, 409),
+                    "responses": _responses(
+                        "200 aborted", _json(_ref(InvocationView)), 400, 404, 409
+                    ),
                 }
             },
             "/api/jobs/{job}/invocations": {
@@ -119,14 +181,7 @@ def document() -> dict[str, Any]:
                     ],
                     "responses": _responses(
                         "200 the invocations",
-                        _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "invocations": {"type": "array", "items": invocation}
-                                },
-                            }
-                        ),
+                        _json(_ref(InvocationList)),
                         400,
                         404,
                     ),
@@ -136,45 +191,15 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": {
                 **defs,
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "string"}},
-                },
-                "Triggered": {
-                    "type": "object",
-                    "required": ["invocation_id", "url"],
-                    "properties": {"invocation_id": {"type": "string"}, "url": {"type": "string"}},
-                },
-                "TimerTask": TimerBody.model_json_schema(),
-                "Invocation": {
-                    "type": "object",
-                    "required": ["id", "job", "status"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "job": {"type": "string"},
-                        "status": {"type": "string", "enum": [s.value for s in Status]},
-                        "attempt": {"type": "integer"},
-                        "build_id": {"type": ["string", "null"]},
-                        "view_url": {"type": ["string", "null"]},
-                        "created": {"type": "string"},
-                        "started": {"type": ["string", "null"]},
-                        "finished": {"type": ["string", "null"]},
-                        "log": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["time", "text", "kind"],
-                                "properties": {
-                                    "time": {"type": "string"},
-                                    "text": {"type": "string"},
-                                    "kind": {"type": "string", "enum": [k.value for k in LogKind]},
-                                    "call": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
+                "TimerTask": timer_task,
+                **_view_schemas(
+                    Error,
+                    Triggered,
+                    TimerHandled,
+                    InvocationView,
+                    InvocationWithLog,
+                    InvocationList,
+                ),
             }
         },
     }

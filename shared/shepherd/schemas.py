@@ -1,12 +1,13 @@
-"""Request bodies at the edge, validated with pydantic into the domain's dataclasses."""
+"""Request bodies at the edge, validated into the domain's dataclasses (validation.py: no
+pydantic on the functions' cold path; openapi.py derives their schemas)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from .model import GitilesTrigger, TriggerRequest, tag_key
+from .validation import Model, field
 
 MAX_PROPERTY_DEPTH = 32
 
@@ -19,38 +20,34 @@ def _depth(value: Any) -> int:
     return 0
 
 
-class GitilesBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    repo: StrictStr = Field(min_length=1)
-    ref: StrictStr = Field(min_length=1)
-    revision: StrictStr = Field(min_length=1)
+def _tags(tags: list[str]) -> list[str]:
+    for tag in tags:
+        tag_key(tag)
+    return tags
 
 
-class TriggerBody(BaseModel):
+def _properties(properties: dict[str, Any]) -> dict[str, Any]:
+    if _depth(properties) > MAX_PROPERTY_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_PROPERTY_DEPTH} levels")
+    return properties
+
+
+@dataclass(frozen=True)
+class GitilesBody(Model):
+    repo: str = field(minLength=1)
+    ref: str = field(minLength=1)
+    revision: str = field(minLength=1)
+
+
+@dataclass(frozen=True)
+class TriggerBody(Model):
     """`POST /trigger` (interfaces.md)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    job: StrictStr = Field(min_length=1)
+    job: str = field(minLength=1)
     gitiles: GitilesBody | None = None
-    tags: list[StrictStr] = Field(default_factory=list)
-    properties: dict[str, Any] = Field(default_factory=dict)
-    request_id: StrictStr | None = Field(default=None, min_length=1, max_length=200)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, tags: list[str]) -> list[str]:
-        for tag in tags:
-            tag_key(tag)
-        return tags
-
-    @field_validator("properties")
-    @classmethod
-    def _properties(cls, properties: dict[str, Any]) -> dict[str, Any]:
-        if _depth(properties) > MAX_PROPERTY_DEPTH:
-            raise ValueError(f"nested deeper than {MAX_PROPERTY_DEPTH} levels")
-        return properties
+    tags: list[str] = field(default_factory=list, after=_tags)
+    properties: dict[str, Any] = field(default_factory=dict, after=_properties)
+    request_id: str | None = field(default=None, minLength=1, maxLength=200)
 
     def to_request(self) -> TriggerRequest:
         gitiles = self.gitiles
@@ -65,21 +62,23 @@ class TriggerBody(BaseModel):
         )
 
 
-class TimerBody(BaseModel):
+@dataclass(frozen=True)
+class TimerBody(Model):
     """What the timer queue POSTs to `on_timer` (interfaces.md)."""
 
-    model_config = ConfigDict(extra="ignore")
+    extra: ClassVar = "ignore"
 
-    invocation_id: str = Field(pattern=r"^[0-9]{1,19}$")
-    timer_id: str = Field(min_length=1)
-    name: str = Field(min_length=1)
+    invocation_id: str = field(pattern=r"^[0-9]{1,19}$")
+    timer_id: str = field(minLength=1)
+    name: str = field(minLength=1)
 
 
-class PushedMessage(BaseModel):
+@dataclass(frozen=True)
+class PushedMessage(Model):
     """A Pub/Sub message as a push subscription (or the messagePublished event) carries it."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    extra: ClassVar = "ignore"
 
     data: str = ""
-    attributes: dict[str, str] = Field(default_factory=dict)
-    message_id: str = Field(default="", alias="messageId")
+    attributes: dict[str, str] = field(default_factory=dict)
+    message_id: str = field(default="", alias="messageId")

@@ -15,17 +15,26 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any
 
 from flask import Request, Response
-from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
-from .debuglog import entry_json, format_log
+from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
-from .model import Invocation, PubSubMessage
+from .model import PubSubMessage
 from .ports import Unavailable
 from .schemas import PushedMessage, TimerBody, TriggerBody
 from .service import get_service
-from .timestamps import format_rfc3339
+from .validation import ValidationError
+from .views import (
+    MAX_BODY_BYTES,
+    Error,
+    InvocationList,
+    InvocationView,
+    InvocationWithLog,
+    TimerHandled,
+    Triggered,
+    to_json,
+)
 
 if TYPE_CHECKING:
     from cloudevents.http import CloudEvent
@@ -33,8 +42,6 @@ if TYPE_CHECKING:
 # Each function imports what only it needs when it first needs it: cold starts stay short.
 
 logger = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 1 << 20  # larger request bodies get 413
 
 _INT64_MAX = 2**63 - 1
 
@@ -49,8 +56,12 @@ def _json(status: int, body: Any) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
+def _answer(status: int, view: Any) -> Response:
+    return _json(status, to_json(view))
+
+
 def _error(status: int, message: str) -> Response:
-    return _json(status, {"error": message})
+    return _answer(status, Error(message))
 
 
 def http_error(error: HTTPException) -> Response:
@@ -59,6 +70,12 @@ def http_error(error: HTTPException) -> Response:
     if "FUNCTION_SIGNATURE_TYPE=cloudevent" in message:
         message = "the body is neither a CloudEvent nor a Pub/Sub push message"
     return _error(error.code or 500, message)
+
+
+def unreadable_event(error: Exception) -> Response:
+    """A CloudEvent the framework could not parse (its data or its structured JSON)."""
+    reason = "nested too deep" if isinstance(error, RecursionError) else type(error).__name__
+    return _error(400, f"the body is not a readable CloudEvent: {reason}")
 
 
 def _describe(error: ValidationError) -> str:
@@ -117,24 +134,6 @@ def _invocation_id(text: str) -> int:
     return int(text)
 
 
-def _time(ns: int | None) -> str | None:
-    return None if ns is None else format_rfc3339(ns)
-
-
-def invocation_json(inv: Invocation) -> dict[str, Any]:
-    return {
-        "id": str(inv.id),
-        "job": inv.job_id,
-        "status": inv.status.value,
-        "attempt": inv.attempt,
-        "build_id": inv.task_data.get("build_id"),
-        "view_url": inv.view_url or None,
-        "created": _time(inv.created_ns),
-        "started": _time(inv.started_ns),
-        "finished": _time(inv.finished_ns),
-    }
-
-
 # --- trigger ---------------------------------------------------------------------------
 
 
@@ -146,7 +145,7 @@ def trigger(request: Request) -> Response:
         inv = get_service().engine.trigger(body.to_request())
     except UnknownJob:
         return _error(404, f'unknown job "{body.job}"')
-    return _json(202, {"invocation_id": str(inv.id), "url": f"/api/invocations/{inv.id}"})
+    return _answer(202, Triggered(str(inv.id), f"/api/invocations/{inv.id}"))
 
 
 # --- on_timer --------------------------------------------------------------------------
@@ -163,7 +162,7 @@ def on_timer(request: Request) -> Response:
     body = TimerBody.model_validate(_body(request))
     engine = service.engine
     outcome = engine.handle_task(_invocation_id(body.invocation_id), body.timer_id, body.name)
-    return _json(200, {"outcome": outcome.value})
+    return _answer(200, TimerHandled(outcome.value))
 
 
 # --- on_build_notification ---------------------------------------------------------------
@@ -239,7 +238,7 @@ def api(request: Request) -> Response:
                 return _error(404, f"no invocation {invocation_id}")
             except InvocationFinished as e:
                 return _error(409, str(e))
-            return _json(200, invocation_json(inv))
+            return _answer(200, InvocationView.of(inv))
         _require(request, "GET")
         found = store.get(invocation_id)
         if found is None:
@@ -249,14 +248,15 @@ def api(request: Request) -> Response:
             return Response(format_log(entries), mimetype="text/plain")
         if action:
             return _error(404, f'no such route "{request.path}"')
-        return _json(200, {**invocation_json(found), "log": [entry_json(e) for e in entries]})
+        return _answer(200, InvocationWithLog.of_logged(found, entries))
     if parts[0] == "jobs" and len(parts) >= 3 and parts[-1] == "invocations":
         _require(request, "GET")
         job_id = "/".join(parts[1:-1])
         if get_service().engine.jobs.job(job_id) is None:
             return _error(404, f'unknown job "{job_id}"')
         invocations = store.list_invocations(job_id)
-        return _json(200, {"invocations": [invocation_json(i) for i in invocations]})
+        views = tuple(InvocationView.of(i) for i in invocations)
+        return _answer(200, InvocationList(views))
     return _error(404, f'no such route "{request.path}"')
 
 

@@ -17,11 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shepherd.config import DEFAULT_STATE, Config, ConfigError
-from shepherd.model import Status
+from shepherd.views import InvocationView
 
 from .client import ClientError, ShepherdClient
 
-FINAL = {status.value for status in Status if status.final}
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -222,19 +221,18 @@ def show(
 ) -> None:
     """Show one invocation."""
     inv = remote(url, trigger_url, api_url, lambda c: c.invocation(invocation_id))
-    keys = (
-        "id",
-        "job",
-        "status",
-        "attempt",
-        "build_id",
-        "view_url",
-        "created",
-        "started",
-        "finished",
-    )
-    rows = [[key, str(inv[key]) if inv.get(key) is not None else "—"] for key in keys]
-    print_table(None, [*rows, ["log", f"{len(inv.get('log', []))} lines"]])
+    rows = []
+    for field in dataclasses.fields(inv):
+        value = getattr(inv, field.name)
+        if field.name == "log":
+            rows.append([field.name, f"{len(value)} lines"])
+        else:
+            rows.append([field.name, _cell(value)])
+    print_table(None, rows)
+
+
+def _cell(value: Any) -> str:
+    return "—" if value is None else str(value)
 
 
 @app.command()
@@ -256,7 +254,7 @@ def log(
             sys.stdout.write(text[printed:])
             sys.stdout.flush()
             printed = len(text)
-            if not follow or api.invocation(invocation_id)["status"] in FINAL:
+            if not follow or api.invocation(invocation_id).status.final:
                 # One more read: lines committed with the final status are in it.
                 sys.stdout.write(api.log(invocation_id)[printed:])
                 return
@@ -276,18 +274,9 @@ def list_invocations(
 ) -> None:
     """List a job's invocations, newest first."""
     invocations = remote(url, trigger_url, api_url, lambda c: c.list(job))
+    columns = [field.name for field in dataclasses.fields(InvocationView)]
     print_table(
-        ["invocation", "status", "created", "finished", "build"],
-        [
-            [
-                inv["id"],
-                inv["status"],
-                inv["created"],
-                inv["finished"] or "—",
-                inv["view_url"] or "—",
-            ]
-            for inv in invocations
-        ],
+        columns, [[_cell(getattr(inv, column)) for column in columns] for inv in invocations]
     )
 
 
@@ -300,7 +289,7 @@ def abort(
 ) -> None:
     """Abort a running invocation (cancels its build)."""
     inv = remote(url, trigger_url, api_url, lambda c: c.abort(invocation_id))
-    print(f"{inv['id']} {inv['status']}")
+    print(f"{inv.id} {inv.status}")
 
 
 def main() -> None:

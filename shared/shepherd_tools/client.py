@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
 
+from shepherd.views import InvocationView, InvocationWithLog
+
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 RETRIES_ON_503 = 4
+V = TypeVar("V")
 
 
 class ClientError(Exception):
@@ -72,15 +76,27 @@ class ShepherdClient:
     def trigger(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", self.trigger_url, json=body).json()
 
-    def invocation(self, invocation_id: str) -> dict[str, Any]:
-        return self._call("GET", f"{self.api_url}/invocations/{quote(invocation_id)}").json()
+    def _view(self, read: Callable[[Any], V], response: httpx.Response) -> V:
+        """The answer as its view (shepherd/views.py); a ClientError for any other shape."""
+        try:
+            return read(response.json())
+        except (ValueError, KeyError, TypeError) as e:
+            raise ClientError(f"unexpected answer from {response.url}: {e!r}") from None
+
+    def invocation(self, invocation_id: str) -> InvocationWithLog:
+        url = f"{self.api_url}/invocations/{quote(invocation_id)}"
+        return self._view(InvocationWithLog.from_json, self._call("GET", url))
 
     def log(self, invocation_id: str) -> str:
         return self._call("GET", f"{self.api_url}/invocations/{quote(invocation_id)}/log").text
 
-    def list(self, job_id: str) -> list[dict[str, Any]]:
+    def list(self, job_id: str) -> list[InvocationView]:
         url = f"{self.api_url}/jobs/{quote(job_id, safe='')}/invocations"
-        return self._call("GET", url).json()["invocations"]
+        return self._view(
+            lambda data: [InvocationView.from_json(i) for i in data["invocations"]],
+            self._call("GET", url),
+        )
 
-    def abort(self, invocation_id: str) -> dict[str, Any]:
-        return self._call("POST", f"{self.api_url}/invocations/{quote(invocation_id)}/abort").json()
+    def abort(self, invocation_id: str) -> InvocationView:
+        url = f"{self.api_url}/invocations/{quote(invocation_id)}/abort"
+        return self._view(InvocationView.from_json, self._call("POST", url))

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel
-
 from ..debuglog import DebugLog
-from ..jobs import Settings
+from ..jobs import ConfigModel, Settings
 from ..model import PubSubMessage, Status, TriggerRequest
 
 
@@ -59,7 +57,7 @@ class Controller(Protocol):
 
     @property
     def config(self) -> Any:
-        """The job's kind-specific configuration (the kind's own pydantic model)."""
+        """The job's kind-specific configuration (what the kind's config_model validated)."""
         ...
 
     @property
@@ -105,7 +103,7 @@ class TaskKind(Protocol):
     """
 
     name: ClassVar[str]
-    config_model: ClassVar[type[BaseModel]]
+    config_model: ClassVar[ConfigModel]
 
     def launch(self, ctl: Controller) -> None:
         """Starts the task. Must move the invocation out of STARTING unless it raises: to

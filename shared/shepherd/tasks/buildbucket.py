@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from ..debuglog import DebugLog, json_block
 from ..durations import SECOND
 from ..grpc_codes import RpcError
 from ..model import LogKind, PubSubMessage, Status, TriggerRequest, tag_key
 from ..ports import BuildsAPI
 from ..timestamps import parse_rfc3339
+from ..validation import Model, field
 from .base import Controller, TaskError, TransientError
 
 STATUS_CHECK_TIMER = "check-buildbucket-build-status"
@@ -36,45 +35,41 @@ _STATUS_MAP = {
 _ACTIVE = ("SCHEDULED", "STARTED")
 
 
-class BuildbucketConfig(BaseModel):
+def _server(value: str) -> str:
+    if value.startswith("http://"):
+        parts = urlsplit(value)
+        if not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ValueError('a local server must look like "http://HOST:PORT"')
+        return value.rstrip("/")
+    if not _HOST.match(value):
+        raise ValueError(f'"{value}" is not a host name such as "cr-buildbucket.appspot.com"')
+    return value
+
+
+def _bucket(value: str) -> str:
+    if not value:
+        raise ValueError("is required")
+    if value.startswith("luci."):
+        raise ValueError(f'legacy v1 bucket names like "{value}" are no longer allowed')
+    return value
+
+
+def _tags(value: tuple[str, ...]) -> tuple[str, ...]:
+    for tag in value:
+        if (key := tag_key(tag)) in RESERVED_TAGS:
+            raise ValueError(f'tag "{key}" is reserved')
+    return value
+
+
+@dataclass(frozen=True)
+class BuildbucketConfig(Model):
     """A job's `kind = "buildbucket"` fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    server: str
-    bucket: str
-    builder: str = Field(min_length=1)
-    properties: dict[str, Any] = Field(default_factory=dict)
-    tags: tuple[str, ...] = ()
-
-    @field_validator("server")
-    @classmethod
-    def _server(cls, value: str) -> str:
-        if value.startswith("http://"):
-            parts = urlsplit(value)
-            if not parts.hostname or parts.path not in ("", "/") or parts.query:
-                raise ValueError('a local server must look like "http://HOST:PORT"')
-            return value.rstrip("/")
-        if not _HOST.match(value):
-            raise ValueError(f'"{value}" is not a host name such as "cr-buildbucket.appspot.com"')
-        return value
-
-    @field_validator("bucket")
-    @classmethod
-    def _bucket(cls, value: str) -> str:
-        if not value:
-            raise ValueError("is required")
-        if value.startswith("luci."):
-            raise ValueError(f'legacy v1 bucket names like "{value}" are no longer allowed')
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for tag in value:
-            if (key := tag_key(tag)) in RESERVED_TAGS:
-                raise ValueError(f'tag "{key}" is reserved')
-        return value
+    server: str = field(after=_server)
+    bucket: str = field(after=_bucket)
+    builder: str = field(minLength=1)
+    properties: dict[str, Any] = field(default_factory=dict)
+    tags: tuple[str, ...] = field(default=(), after=_tags)
 
 
 def server_url(server: str) -> str:
@@ -277,7 +272,7 @@ def invocation_status(build: dict[str, Any], debug_log: DebugLog) -> Status | No
 
 class BuildbucketKind:
     name: ClassVar[str] = "buildbucket"
-    config_model: ClassVar[type[BaseModel]] = BuildbucketConfig
+    config_model: ClassVar[type[BuildbucketConfig]] = BuildbucketConfig
 
     def __init__(self, api: BuildsAPI, rng: random.Random | None = None) -> None:
         self._api = api

@@ -5,13 +5,12 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from pydantic import BaseModel
-
+from ..jobs import ConfigModel
 from ..ports import BuildsAPI
 from .base import TaskKind
 from .buildbucket import BuildbucketKind
 
-CONFIG_MODELS: Mapping[str, type[BaseModel]] = {BuildbucketKind.name: BuildbucketKind.config_model}
+CONFIG_MODELS: Mapping[str, ConfigModel] = {BuildbucketKind.name: BuildbucketKind.config_model}
 
 
 def make_kinds(builds: BuildsAPI, rng: random.Random | None = None) -> dict[str, TaskKind]:

@@ -1,0 +1,123 @@
+"""The API's answer shapes (views.py), the OpenAPI schemas derived from them, and the cheap
+validation (validation.py) of the request bodies and the job file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from shepherd.model import GitilesTrigger, Invocation, LogEntry, LogKind, Status, TriggerRequest
+from shepherd.openapi import document
+from shepherd.schemas import PushedMessage, TimerBody, TriggerBody
+from shepherd.validation import ValidationError
+from shepherd.views import InvocationList, InvocationView, InvocationWithLog, LogLine, to_json
+
+INVOCATION = Invocation(
+    id=42,
+    job_id="chromium/x",
+    request=TriggerRequest("chromium/x", GitilesTrigger("r", "refs/heads/main", "abc")),
+    status=Status.RUNNING,
+    attempt=1,
+    created_ns=1_657_456_313_000_000_000,
+    started_ns=1_657_456_313_500_000_000,
+    view_url="https://ci.example.com/b/1",
+    task_data={"build_id": "8790"},
+)
+ENTRIES = [
+    LogEntry(1_657_456_313_000_000_000, "New invocation", LogKind.QUEUED),
+    LogEntry(1, "line\ntwo", LogKind.REQUEST, "ScheduleBuild"),
+]
+
+
+def test_an_invocation_reads_back_as_it_was_answered() -> None:
+    shown = InvocationWithLog.of_logged(INVOCATION, ENTRIES)
+    answer = json.loads(json.dumps(to_json(shown)))
+    assert answer["id"] == "42" and answer["status"] == "RUNNING" and answer["finished"] is None
+    assert answer["created"] == "2022-07-10T12:31:53Z"
+    assert answer["log"][0]["kind"] == "queued" and answer["log"][0]["call"] is None
+    assert answer["log"][1] == {
+        "time": "1970-01-01T00:00:00.000000001Z",
+        "text": "line\ntwo",
+        "kind": "request",
+        "call": "ScheduleBuild",
+    }
+    assert InvocationWithLog.from_json(answer) == shown
+    listed = json.loads(json.dumps(to_json(InvocationList((InvocationView.of(INVOCATION),)))))
+    assert InvocationView.from_json(listed["invocations"][0]) == InvocationView.of(INVOCATION)
+    newer = {**answer, "log": [{**answer["log"][0], "kind": "a-kind-from-the-future"}]}
+    assert InvocationWithLog.from_json(newer).log[0].kind is LogKind.INFO
+    with pytest.raises(KeyError):
+        InvocationView.from_json({"id": "1"})
+    with pytest.raises(ValueError):
+        InvocationView.from_json({**answer, "status": "SLEEPING"})
+
+
+@pytest.mark.parametrize("view", [InvocationView, InvocationWithLog, LogLine, InvocationList])
+def test_the_openapi_schemas_are_the_views(view: type) -> None:
+    schemas = document()["components"]["schemas"]
+    schema = schemas[view.__name__]
+    names = [f.name for f in dataclasses.fields(view)]
+    assert list(schema["properties"]) == names
+    assert schema["required"] == names  # every field is in every answer, null or not
+    assert schemas["Status"]["enum"] == [s.value for s in Status]
+    assert schemas["LogKind"]["enum"] == [k.value for k in LogKind]
+
+
+def test_openapi_does_not_import_web_and_functions_do_not_import_pydantic() -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'functions'); import main, shepherd.service; "
+        "print('pydantic' in sys.modules); import shepherd.openapi; "
+        "print('pydantic' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
+    source = (document.__code__.co_filename, "r")
+    assert "from .web" not in open(source[0]).read()  # noqa: SIM115
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"job": 5}, "job: Input should be a valid string"),
+        ({"job": ""}, "job: String should have at least 1 character"),
+        ({"job": "a/b", "tags": "a:b"}, "tags: Input should be a valid list"),
+        ({"job": "a/b", "tags": [1]}, "tags.0: Input should be a valid string"),
+        ({"job": "a/b", "tags": ["x"]}, 'tags: tag "x" must be "key:value"'),
+        ({"job": "a/b", "gitiles": {"repo": "x"}}, "gitiles.ref: Field required"),
+        (
+            {"job": "a/b", "gitiles": {"repo": "x", "ref": "r", "revision": "v", "z": 1}},
+            "gitiles.z",
+        ),
+        ({"job": "a/b", "surprise": 1}, "surprise: Extra inputs are not permitted"),
+        ({"job": "a/b", "request_id": "x" * 201}, "request_id: String should have at most 200"),
+        ({"job": "a/b", "properties": {"a": [[[]]] * 1, "b": 1}}, None),
+        ({"job": "a/b", "properties": {"a": json.loads("[" * 40 + "]" * 40)}}, "deeper than 32"),
+        ({"job": "a/b", "properties": []}, "properties: Input should be a valid dictionary"),
+        ([], "Input should be a valid dictionary"),
+    ],
+)
+def test_trigger_bodies_are_refused_with_the_field_and_reason(
+    body: Any, message: str | None
+) -> None:
+    if message is None:
+        assert TriggerBody.model_validate(body).job == "a/b"
+        return
+    with pytest.raises(ValidationError) as error:
+        TriggerBody.model_validate(body)
+    assert message in str(error.value)
+
+
+def test_queue_and_push_bodies_ignore_extra_fields_and_read_aliases() -> None:
+    timer = TimerBody.model_validate({"invocation_id": "7", "timer_id": "t", "name": "n", "x": 1})
+    assert timer == TimerBody("7", "t", "n")
+    with pytest.raises(ValidationError, match="invocation_id: String should match pattern"):
+        TimerBody.model_validate({"invocation_id": "7x", "timer_id": "t", "name": "n"})
+    pushed = PushedMessage.model_validate({"data": "", "messageId": "9", "publishTime": "t"})
+    assert pushed.message_id == "9" and pushed.attributes == {}
+    with pytest.raises(ValidationError, match=r"attributes\.k: Input should be a valid string"):
+        PushedMessage.model_validate({"attributes": {"k": 1}})
