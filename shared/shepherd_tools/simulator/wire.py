@@ -92,8 +92,13 @@ def notification(build: build_pb2.Build, user_data: bytes) -> Json:
     small = build_pb2.Build()
     small.CopyFrom(build)
     large = build_pb2.Build()
-    large.input.properties.CopyFrom(build.input.properties)
-    large.output.properties.CopyFrom(build.output.properties)
+    # Go sets Input and Output in any case, and their properties only when the build has them.
+    large.input.SetInParent()
+    large.output.SetInParent()
+    if build.input.HasField("properties"):
+        large.input.properties.CopyFrom(build.input.properties)
+    if build.output.HasField("properties"):
+        large.output.properties.CopyFrom(build.output.properties)
     large.steps.extend(build.steps)
     small.ClearField("steps")
     if small.HasField("input"):
