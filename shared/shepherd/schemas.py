@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
 from .model import GitilesTrigger, TriggerRequest, tag_key
+from .tasks.buildbucket import NOT_FINITE, finite_numbers, refless_buildset
 
 MAX_PROPERTY_DEPTH = 32
 
@@ -50,7 +51,19 @@ class TriggerBody(BaseModel):
     def _properties(cls, properties: dict[str, Any]) -> dict[str, Any]:
         if _depth(properties) > MAX_PROPERTY_DEPTH:
             raise ValueError(f"nested deeper than {MAX_PROPERTY_DEPTH} levels")
+        if not finite_numbers(properties):
+            raise ValueError(NOT_FINITE)
         return properties
+
+    @model_validator(mode="after")
+    def _commit_has_a_ref(self) -> TriggerBody:
+        if (tag := refless_buildset(self.tags)) is not None:
+            raise ValueError(
+                f'"{tag}" makes a gitiles commit without a ref, which Buildbucket refuses: '
+                'add a "gitiles_ref:refs/heads/<branch>" tag, or leave the buildset tag out and '
+                'give the commit as "gitiles": {"repo", "ref", "revision"}'
+            )
+        return self
 
     def to_request(self) -> TriggerRequest:
         gitiles = self.gitiles

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -167,11 +168,39 @@ def _pairs(items: list[str], sep: str, what: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _property_value(text: str) -> Any:
+class _NotFinite(ValueError):
+    pass
+
+
+def _not_finite(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(map(_finite, value.values()))
+    return all(map(_finite, value)) if isinstance(value, list) else True
+
+
+def _property_value(key: str, text: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_not_finite)
+        finite = _finite(value)
+    except _NotFinite:
+        finite = False
     except ValueError:
         return text
+    if not finite:
+        # NaN, Infinity or a number beyond a double (1e400) would go out as no JSON at all.
+        quote = "" if text.lstrip()[:1] in ("[", "{") else f"; for the string: {key}='\"{text}\"'"
+        raise fail(
+            f"property {key}={text}: JSON (so Buildbucket) has no NaN, Infinity or number "
+            f"beyond a double{quote}",
+            2,
+        )
+    return value
 
 
 @app.command()
@@ -205,7 +234,7 @@ def trigger(
     if tag:
         body["tags"] = [f"{k}:{v}" for k, v in _pairs(tag, ":", "tag")]
     if prop:
-        body["properties"] = {k: _property_value(v) for k, v in _pairs(prop, "=", "property")}
+        body["properties"] = {k: _property_value(k, v) for k, v in _pairs(prop, "=", "property")}
     # A key of its own even when none is given: the client's retries start one invocation.
     body["request_id"] = request_id or f"cli-{uuid.uuid4()}"
     answer = remote(url, trigger_url, api_url, lambda c: c.trigger(body))

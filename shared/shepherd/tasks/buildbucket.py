@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from .base import Controller, TaskError, TransientError
 STATUS_CHECK_TIMER = "check-buildbucket-build-status"
 RESERVED_TAGS = ("scheduler_invocation_id", "scheduler_job_id", "user_agent")
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
+NOT_FINITE = "NaN, Infinity and numbers beyond a double are not JSON: Buildbucket refuses them"
 _BUILDSET = re.compile(r"^commit/gitiles/([^/]+)/(.+?)/\+/([a-f0-9]+)$")
 
 _STATUS_MAP = {
@@ -65,6 +67,13 @@ class BuildbucketConfig(BaseModel):
             raise ValueError("is required")
         if value.startswith("luci."):
             raise ValueError(f'legacy v1 bucket names like "{value}" are no longer allowed')
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _properties(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not finite_numbers(value):
+            raise ValueError(NOT_FINITE)
         return value
 
     @field_validator("tags")
@@ -123,7 +132,32 @@ def _commit_from_trigger(request: TriggerRequest) -> GitilesCommit | None:
         raise TaskError(
             f'failed to prepare gitiles_commit: bad repo URL "{request.gitiles.repo}": {e}'
         ) from None
-    return GitilesCommit(host, project, request.gitiles.revision, request.gitiles.ref)
+    # Buildbucket requires "refs/..." ("ref must match refs/.*"): "main" means refs/heads/main.
+    ref = normalize_ref(request.gitiles.ref)
+    return GitilesCommit(host, project, request.gitiles.revision, ref)
+
+
+def refless_buildset(tags: Iterable[str]) -> str | None:
+    """The buildset tag whose commit would reach Buildbucket without a ref, which it refuses
+    ("gitiles_commit: ref is required"); None when the tags give the commit a ref or none."""
+    buildset, ref = None, ""
+    for tag in tags:
+        key, _, value = tag.partition(":")
+        if key == "gitiles_ref":
+            ref = normalize_ref(value)
+        elif key == "buildset" and buildset is None and _BUILDSET.match(value):
+            buildset = tag
+    return None if ref else buildset
+
+
+def finite_numbers(value: Any) -> bool:
+    """Whether every number in a JSON value is finite: JSON has no NaN or Infinity, so
+    Buildbucket answers "could not decode body" to a request that carries one."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(map(finite_numbers, value.values()))
+    return all(map(finite_numbers, value)) if isinstance(value, list) else True
 
 
 def _pop_commit_from_tags(
@@ -250,7 +284,8 @@ def build_schedule_request(
 
 def invocation_status(build: dict[str, Any], log: Callable[[str], None]) -> Status | None:
     """The invocation status a build's status means; None while the build is active."""
-    status = build.get("status")
+    # protojson leaves zero values out: a build without "status" is STATUS_UNSPECIFIED.
+    status = build.get("status", "STATUS_UNSPECIFIED")
     if status in _ACTIVE:
         return None
     if status in _STATUS_MAP:
