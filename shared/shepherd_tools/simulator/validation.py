@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from .pb.buildbucket.proto import builds_service_pb2, common_pb2
 
@@ -27,6 +27,12 @@ GERRIT_CL_REGEX = r"^patch/gerrit/([^/]+)/(\d+)/(\d+)$"
 TOPIC_NAME_REGEX = r"^projects/(.*)/topics/(.*)$"
 CLOUD_PROJECT_ID_REGEX = r"^[a-z]([a-z0-9-]){4,28}[a-z0-9]$"
 TOPIC_ID_REGEX = r"^[A-Za-z]([0-9A-Za-z\._\-~+%]){3,255}$"
+DIMENSION_KEY_REGEX = r"^[a-zA-Z\-\_\.][0-9a-zA-Z\-\_\.]*$"
+EXPERIMENT_NAME_REGEX = r"^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*$"
+CIPD_REF_REGEX = r"^[a-z0-9_./\-]{1,256}$"
+CIPD_TAG_KEY_REGEX = r"^[a-z0-9_\-]+$"
+# From the service config in real Buildbucket; the simulator's has none.
+WELL_KNOWN_EXPERIMENTS: frozenset[str] = frozenset()
 BUILDSET_MAX_LENGTH = 1024
 MAX_DIMENSION_KEY_LEN = 64
 MAX_DIMENSION_VAL_LEN = 256
@@ -237,10 +243,33 @@ def validate_requested_dimensions(dims: Iterable[common_pb2.RequestedDimension])
     return None
 
 
+def _validate_expiration(d: duration_pb2.Duration) -> str | None:
+    if d.nanos != 0:
+        return "nanos must not be specified"
+    if d.seconds < 0:
+        return "seconds must not be negative"
+    if d.seconds % 60 != 0:
+        return "seconds must be a multiple of 60"
+    return None
+
+
+def _validate_dimension(dim: common_pb2.RequestedDimension, allow_empty_value: bool) -> str | None:
+    if (error := _validate_expiration(dim.expiration)) is not None:
+        return f"expiration: {error}"
+    if (error := validate_key_length(dim.key)) is not None:
+        return error
+    if not _full(DIMENSION_KEY_REGEX, dim.key):
+        return f"the key should match {DIMENSION_KEY_REGEX}"
+    if allow_empty_value and not dim.value:
+        return None
+    if not dim.value:
+        return "the value cannot be empty"
+    return validate_tag_value(dim.value)
+
+
 def _validate_requested_dimension(dim: common_pb2.RequestedDimension) -> str | None:
-    # validateDimension(dim, allowEmpty=true) in common.go, without its expiration checks.
-    if not dim.key:
-        return "the key cannot be empty"
+    if (error := _validate_dimension(dim, allow_empty_value=True)) is not None:
+        return error
     if dim.key == "caches":
         return "key: caches may only be specified in builder configs (cr-buildbucket.cfg)"
     if dim.key == "pool":
@@ -263,7 +292,10 @@ def _struct_contains(s: struct_pb2.Struct, path: tuple[str, ...]) -> bool:
     return True
 
 
-def validate_schedule(req: builds_service_pb2.ScheduleBuildRequest) -> str | None:
+def validate_schedule(
+    req: builds_service_pb2.ScheduleBuildRequest,
+    well_known_experiments: frozenset[str] = WELL_KNOWN_EXPERIMENTS,
+) -> str | None:
     """validateSchedule, then validateRequestID, as validateScheduleBuild calls them."""
     if not req.HasField("builder") and req.template_build_id == 0:
         return "builder or template_build_id is required"
@@ -291,11 +323,37 @@ def validate_schedule(req: builds_service_pb2.ScheduleBuildRequest) -> str | Non
         return "can_outlive_parent is specified without parent"
     if (error := validate_tags(req.tags)) is not None:
         return f"tags: {error}"
+    for name in req.experiments:
+        if (error := validate_experiment_name(name, well_known_experiments)) is not None:
+            return f"experiment {_q(name)}: {error}"
     return validate_request_id(req.request_id)
 
 
 def _validate_executable(exe: common_pb2.Executable) -> str | None:
-    return "cipd_package must not be specified" if exe.cipd_package else None
+    if exe.cipd_package:
+        return "cipd_package must not be specified"
+    if exe.cipd_version and (error := validate_cipd_version(exe.cipd_version)) is not None:
+        return f"cipd_version: {error}"
+    return None
+
+
+def validate_cipd_version(version: str) -> str | None:
+    """cipd's ValidateInstanceVersion: an instance id, a ref or a "key:value" tag."""
+    instance_id = _full(r"^[0-9a-f]{40}$", version) or _full(r"^[0-9A-Za-z_\-]{44,}$", version)
+    ref = _full(CIPD_REF_REGEX, version)
+    key, colon, value = version.partition(":")
+    tag = bool(colon) and _full(CIPD_TAG_KEY_REGEX, key) and value.strip(" ") == value != ""
+    if instance_id or ref or (tag and len(version) <= 400):
+        return None
+    return f"bad version {_q(version)}: not an instance ID, a ref or a tag"
+
+
+def validate_experiment_name(name: str, well_known: frozenset[str]) -> str | None:
+    if not _full(EXPERIMENT_NAME_REGEX, name):
+        return f"does not match {_q(EXPERIMENT_NAME_REGEX)}"
+    if name.startswith("luci.") and name not in well_known:
+        return 'unknown experiment has reserved prefix "luci."'
+    return None
 
 
 def _validate_gerrit_changes(changes: Iterable[common_pb2.GerritChange]) -> str | None:
