@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -20,6 +19,7 @@ from rich.table import Table
 from shepherd.jobs import ConfigError
 from shepherd.model import Status
 from shepherd.service import DEFAULT_STATE
+from shepherd.tasks.buildbucket import finite_numbers
 
 from .client import ClientError, ShepherdClient
 
@@ -176,18 +176,10 @@ def _not_finite(name: str) -> Any:
     raise _NotFinite(name)
 
 
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(map(_finite, value.values()))
-    return all(map(_finite, value)) if isinstance(value, list) else True
-
-
 def _property_value(key: str, text: str) -> Any:
     try:
         value = json.loads(text, parse_constant=_not_finite)
-        finite = _finite(value)
+        finite = finite_numbers(value)
     except _NotFinite:
         finite = False
     except ValueError:

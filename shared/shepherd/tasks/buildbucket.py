@@ -7,6 +7,7 @@ import json
 import math
 import random
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -155,6 +156,8 @@ def finite_numbers(value: Any) -> bool:
     Buildbucket answers "could not decode body" to a request that carries one."""
     if isinstance(value, float):
         return math.isfinite(value)
+    if isinstance(value, int):  # JSON numbers are doubles: 10**400 is Infinity too
+        return abs(value) <= sys.float_info.max
     if isinstance(value, dict):
         return all(map(finite_numbers, value.values()))
     return all(map(finite_numbers, value)) if isinstance(value, list) else True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import zlib
 from typing import Any, TypeVar
 
@@ -40,6 +41,8 @@ def _check_finite(value: Any) -> None:
     # Go's protojson refuses it ("invalid value for double type").
     if isinstance(value, float) and not math.isfinite(value):
         raise DecodeError(f"invalid value for a number: {value}")
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise DecodeError("invalid value for a number: beyond a double")
     if isinstance(value, dict):
         for item in value.values():
             _check_finite(item)
