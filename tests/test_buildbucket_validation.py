@@ -2,16 +2,18 @@
 (validateSchedule), common_test.go (build sets, tags, summary markdown, commits),
 get_build_test.go and cancel_build_test.go, batch.go's limits. Each request is protojson, read
 into the real message first, so a case also checks that the body parses with the protos.
+Last, the committed classes are checked against a fresh `make protos`.
 As there, an expected error is a part of the message (ErrLike); None means accepted."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 
-from shepherd_tools.simulator import validation
+from shepherd_tools.simulator import genprotos, validation
 from shepherd_tools.simulator.pb.buildbucket.proto import builds_service_pb2, common_pb2
 
 SHA1 = "a" * 40
@@ -301,3 +303,14 @@ BATCH_CASES = [
 def test_validate_batch(body: dict[str, Any], expected: str | None) -> None:
     request = json_format.ParseDict(body, builds_service_pb2.BatchRequest())
     check(validation.validate_batch(request), expected)
+
+
+def test_the_committed_classes_are_what_make_protos_generates(tmp_path: Path) -> None:
+    assert genprotos.main(tmp_path / "pb") == 0
+
+    def files(root: Path) -> dict[Path, bytes]:
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*.py")}
+
+    generated, committed = files(tmp_path / "pb"), files(genprotos.OUT)
+    assert len(generated) > 20
+    assert generated == committed

@@ -26,7 +26,7 @@ PACKAGE = "shepherd_tools.simulator.pb"
 _IMPORT = re.compile(r"^from go\.chromium\.org\.luci((?:\.\w+)*) import ", re.MULTILINE)
 
 
-def main() -> int:
+def main(out: Path = OUT) -> int:
     googleapis = Path(google.api.__path__[0]).parent.parent
     builtin = Path(protoc.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
@@ -35,17 +35,17 @@ def main() -> int:
         if protoc.main([*args, *sources]) != 0:
             print("protoc failed", file=sys.stderr)
             return 1
-        shutil.rmtree(OUT, ignore_errors=True)
-        OUT.mkdir()
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
         generated = Path(tmp, ORIGIN)
         for source in sorted(generated.rglob("*_pb2.py")):
-            target = OUT / source.relative_to(generated)
+            target = out / source.relative_to(generated)
             target.parent.mkdir(parents=True, exist_ok=True)
             text = _IMPORT.sub(lambda m: f"from {PACKAGE}{m[1]} import ", source.read_text())
             target.write_text(text)
-    for directory in [OUT, *(p for p in OUT.rglob("*") if p.is_dir())]:
+    for directory in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         (directory / "__init__.py").touch()
-    print(f"generated {len(list(OUT.rglob('*_pb2.py')))} modules into {OUT}")
+    print(f"generated {len(list(out.rglob('*_pb2.py')))} modules into {out}")
     return 0
 
 
