@@ -26,6 +26,7 @@ REPO = "https://chromium.googlesource.com/chromium/src"
 REV = "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
 BUILDER = {"project": "chromium", "bucket": "ci", "builder": "Windows deterministic"}
 PRPC = "/prpc/buildbucket.v2.Builds/"
+TOPIC = "projects/shepherd/topics/builds"
 
 
 def schedule_request(trigger: TriggerRequest) -> dict[str, Any]:
@@ -172,6 +173,7 @@ def test_cli_property_gives_one_line_error(value: str) -> None:
         ({"builder": BUILDER, "priority": "high"}, "priority"),
         ({"builder": {**BUILDER, "colour": "red"}}, "colour"),
         ({"builder": BUILDER, "canOutliveParent": "MAYBE"}, "MAYBE"),
+        ({"builder": BUILDER, "notify": {"pubsubTopic": TOPIC, "userData": "no!"}}, "userData"),
         ({"builder": BUILDER, "requestId": 1, "requestId ": 2}, "requestId "),
     ],
 )

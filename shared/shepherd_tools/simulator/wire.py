@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import zlib
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from shepherd.grpc_codes import Code, RpcError
@@ -51,6 +53,38 @@ def _check_finite(value: Any) -> None:
             _check_finite(item)
 
 
+# Go's protojson takes standard or URL-safe base64, padded or not, and nothing else; Python's
+# json_format drops the characters it does not know.
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}|[A-Za-z0-9\-_]*={0,2}")
+
+
+def _check_bytes(body: Any, descriptor: Descriptor) -> None:
+    if not isinstance(body, dict) or descriptor.full_name.startswith("google.protobuf."):
+        return
+    fields = {f.json_name: f for f in descriptor.fields} | {f.name: f for f in descriptor.fields}
+    for key, value in body.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for item in value.values() if isinstance(value, dict) else ():
+                _check_value(item, value_field)
+        elif field.is_repeated and isinstance(value, list):
+            for item in value:
+                _check_value(item, field)
+        else:
+            _check_value(value, field)
+
+
+def _check_value(value: Any, field: FieldDescriptor) -> None:
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        if isinstance(value, str) and not _BASE64.fullmatch(value):
+            raise DecodeError(f"invalid value for bytes field {field.json_name}: {value!r}")
+    elif field.message_type is not None:
+        _check_bytes(value, field.message_type)
+
+
 def parse_json(raw: bytes) -> Any:
     """JSON as Go's decoder reads it: no NaN/Infinity literals, no duplicate keys."""
     try:
@@ -77,6 +111,7 @@ def decode(body: Any, message_type: type[M]) -> M:
             _check_finite(body)
         if not isinstance(body, dict):
             raise DecodeError("the body is not a JSON object")
+        _check_bytes(body, message.DESCRIPTOR)
         json_format.ParseDict(body, message, ignore_unknown_fields=False)
     except (DecodeError, json_format.ParseError) as e:
         raise RpcError(Code.INVALID_ARGUMENT, f"could not decode body: {e}") from None
