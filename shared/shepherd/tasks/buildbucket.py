@@ -25,8 +25,8 @@ from .base import Controller, TaskError, TransientError
 
 STATUS_CHECK_TIMER = "check-buildbucket-build-status"
 RESERVED_TAGS = ("scheduler_invocation_id", "scheduler_job_id", "user_agent")
-_HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
 NOT_FINITE = "NaN, Infinity and numbers beyond a double are not JSON: Buildbucket refuses them"
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
 _BUILDSET = re.compile(r"^commit/gitiles/([^/]+)/(.+?)/\+/([a-f0-9]+)$")
 
 _STATUS_MAP = {
