@@ -11,7 +11,7 @@ IAC_VENV := .venv-iac
 IAC_STAMP := $(IAC_VENV)/.installed
 JOBS ?=
 
-.PHONY: run test test-fast soak bench lint install emulators chromium package screenshot clean
+.PHONY: run test test-fast soak bench lint install emulators chromium package screenshot clean protos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ $(IAC_STAMP):
 	touch $(IAC_STAMP)
 
 install: $(STAMP)
+
+# The simulator's Buildbucket classes, from the luci-go .proto files committed beside them.
+protos: $(STAMP)
+	$(BIN)/python -m shepherd_tools.simulator.genprotos
 
 # Firestore and Pub/Sub emulators come with the Google Cloud CLI; the tests start them.
 emulators: $(TASKS_STAMP)

@@ -32,6 +32,8 @@ BUILDSET = (
     "buildset:commit/gitiles/chromium.googlesource.com/chromium/src/+/"
     "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
 )
+# Buildbucket refuses a gitiles commit without a ref: the buildset tag needs its gitiles_ref.
+COMMIT_TAGS = [BUILDSET, "gitiles_ref:refs/heads/main"]
 
 
 def write_jobs(path: Path, sim_url: str, **settings: str) -> Path:
@@ -116,7 +118,7 @@ class DevProcess:
 
     def trigger(self, **body: Any) -> str:
         response = self.http.post(
-            self.url + "/trigger", json={"job": JOB, "tags": [BUILDSET], **body}
+            self.url + "/trigger", json={"job": JOB, "tags": COMMIT_TAGS, **body}
         )
         assert response.status_code == 202, response.text
         return response.json()["invocation_id"]

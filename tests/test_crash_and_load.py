@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localstack import BUILDSET, FINAL, JOB, DevProcess, write_jobs
+from localstack import COMMIT_TAGS, FINAL, JOB, DevProcess, write_jobs
 from shepherd_tools.simulator.control import SimulatorProcess
 
 pytestmark = pytest.mark.stack
@@ -41,7 +41,7 @@ UNAVAILABLE: list[str] = []  # 503 answers seen (a lock or race surfacing to a c
 
 def trigger_with_retries(dev: DevProcess, request_id: str, deadline_s: float = 60) -> str:
     """A client that retries until the stack answers, with the same request id."""
-    body = {"job": JOB, "tags": [BUILDSET], "request_id": request_id}
+    body = {"job": JOB, "tags": COMMIT_TAGS, "request_id": request_id}
     deadline = time.monotonic() + deadline_s
     while True:
         try:

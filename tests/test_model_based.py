@@ -47,6 +47,7 @@ BUILDSET = (
     "buildset:commit/gitiles/chromium.googlesource.com/chromium/src/+/"
     "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
 )
+GITILES_REF = "gitiles_ref:refs/heads/main"
 FINAL_BUILD = {
     "SUCCESS": Status.SUCCEEDED,
     "FAILURE": Status.FAILED,
@@ -222,7 +223,7 @@ class EngineMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.invocations) < 3)
     @rule()
     def trigger(self) -> None:
-        inv = self.engine.trigger(TriggerRequest(job_id=JOB, tags=(BUILDSET,)))
+        inv = self.engine.trigger(TriggerRequest(job_id=JOB, tags=(BUILDSET, GITILES_REF)))
         self.invocations.append(inv.id)
 
     @rule(seconds=st.integers(min_value=1, max_value=15 * 60))

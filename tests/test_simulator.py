@@ -9,17 +9,20 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from google.protobuf import json_format
 
 from shepherd.durations import parse_duration
 from shepherd.grpc_codes import Code, RpcError
 from shepherd.timestamps import format_rfc3339, parse_rfc3339
 from shepherd_tools.simulator.server import Simulator
+from shepherd_tools.simulator.wire import large_fields
 
 PRPC = "/prpc/buildbucket.v2.Builds/"
 C = parse_rfc3339("2022-07-10T12:31:54.345221254Z")
@@ -100,6 +103,12 @@ def schedule(http: httpx.Client, **extra: Any) -> dict[str, Any]:
     return rpc(http, "ScheduleBuild", {"builder": BUILDER, **extra})
 
 
+def second_large(message: dict[str, Any]) -> str:
+    large = message["data"]["buildPubsub"]["buildLargeFields"]
+    assert zlib.decompress(base64.b64decode(large))  # a serialized Build, zlib-compressed
+    return large
+
+
 def advance(http: httpx.Client, to_ns: int) -> dict[str, Any]:
     response = http.post("/sim/advance", json={"to_ns": to_ns})
     assert response.status_code == 200, response.text
@@ -159,7 +168,7 @@ def test_request_id_deduplicates(http: httpx.Client) -> None:
     assert again == first
     state = http.get("/sim/state").json()
     assert len(state["builds"]) == 1
-    assert state["calls"] == {"ScheduleBuild": 2, "GetBuild": 0, "CancelBuild": 0}
+    assert state["calls"] == {"ScheduleBuild": 2, "GetBuild": 0, "CancelBuild": 0, "Batch": 0}
 
 
 def test_lifecycle_in_manual_mode_with_notifications(http: httpx.Client) -> None:
@@ -169,7 +178,11 @@ def test_lifecycle_in_manual_mode_with_notifications(http: httpx.Client) -> None
         {"status": "SUCCESS"},
     ]
     manual(http, scripts={"Windows deterministic": script})
-    build = schedule(http, notify={"pubsubTopic": TOPIC, "userData": USER_DATA})
+    build = schedule(
+        http,
+        notify={"pubsubTopic": TOPIC, "userData": USER_DATA},
+        properties={"x": 1.5, "nested": {"y": ["z"]}},
+    )
     started = C + parse_duration("9m47s")
     ended = started + parse_duration("5h36m")
 
@@ -196,7 +209,14 @@ def test_lifecycle_in_manual_mode_with_notifications(http: httpx.Client) -> None
     assert "endTime" not in first["data"]["buildPubsub"]["build"]
     assert first["attributes"] == {**BUILDER, "is_completed": "false", "version": "v2"}
     assert first["publishTime"] == format_rfc3339(started)
-    assert second["data"] == {"buildPubsub": {"build": final}, "userData": USER_DATA}
+    # As notification.go makes it: input properties move into zlib-compressed buildLargeFields.
+    # Its input stays, emptied, as Go's protojson writes a non-nil empty message.
+    assert second["data"] == {
+        "buildPubsub": {"build": final | {"input": {}}, "buildLargeFields": second_large(second)},
+        "userData": USER_DATA,
+    }
+    large = json_format.MessageToDict(large_fields(second["data"]))
+    assert large == {"input": {"properties": {"x": 1.5, "nested": {"y": ["z"]}}}, "output": {}}
     assert second["attributes"]["is_completed"] == "true"
     assert int(second["messageId"]) > int(first["messageId"])
     assert advance(http, ended + parse_duration("2h"))["published"] == []
@@ -258,9 +278,13 @@ def test_cancel_build(http: httpx.Client) -> None:
     later = advance(http, C + parse_duration("1h"))
     (message,) = later["published"]
     assert message["attributes"]["is_completed"] == "true"
-    assert message["data"] == {"buildPubsub": {"build": canceled}}
+    assert message["data"] == {
+        "buildPubsub": {"build": canceled, "buildLargeFields": second_large(message)}
+    }
     assert later["next_event_ns"] is None
-    assert rpc(http, "CancelBuild", {"id": build["id"]}) == canceled
+    assert rpc(http, "CancelBuild", {"id": build["id"], "summaryMarkdown": "again"}) == canceled
+    code, status, text = rpc_error(http, "CancelBuild", {"id": build["id"]})
+    assert (code, status, text) == (Code.INVALID_ARGUMENT, 400, "summary_markdown is required\n")
     assert rpc(http, "GetBuild", {"id": build["id"]}) == canceled
 
 
@@ -276,14 +300,14 @@ def test_error_codes(http: httpx.Client) -> None:
 
 
 def test_unexpected_status_names_and_drop_and_duplicate(http: httpx.Client) -> None:
-    script = [{"status": "SCHEDULED", "for": "1s"}, {"status": "WEIRD"}]
+    script = [{"status": "SCHEDULED", "for": "1s"}, {"status": "ENDED_MASK"}]
     manual(http, script=script, duplicate_notifications=True)
     build = schedule(http, notify={"pubsubTopic": TOPIC})
     out = advance(http, C + parse_duration("5s"))
-    assert rpc(http, "GetBuild", {"id": build["id"]})["status"] == "WEIRD"
+    assert rpc(http, "GetBuild", {"id": build["id"]})["status"] == "ENDED_MASK"
     assert len(out["published"]) == 2
     assert out["published"][0] == out["published"][1]
-    assert out["published"][0]["attributes"]["is_completed"] == "false"
+    assert out["published"][0]["attributes"]["is_completed"] == "true"  # protoutil.IsEnded
 
     manual(http, drop_notifications=1)
     schedule(http, notify={"pubsubTopic": TOPIC})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .model import GitilesTrigger, TriggerRequest, tag_key
+from .tasks.buildbucket import NOT_FINITE, finite_numbers, refless_buildset
 from .validation import Model, field
 
 MAX_PROPERTY_DEPTH = 32
@@ -29,6 +30,8 @@ def _tags(tags: list[str]) -> list[str]:
 def _properties(properties: dict[str, Any]) -> dict[str, Any]:
     if _depth(properties) > MAX_PROPERTY_DEPTH:
         raise ValueError(f"nested deeper than {MAX_PROPERTY_DEPTH} levels")
+    if not finite_numbers(properties):
+        raise ValueError(NOT_FINITE)
     return properties
 
 
@@ -48,6 +51,14 @@ class TriggerBody(Model):
     tags: list[str] = field(default_factory=list, after=_tags)
     properties: dict[str, Any] = field(default_factory=dict, after=_properties)
     request_id: str | None = field(default=None, minLength=1, maxLength=200)
+
+    def check(self) -> None:
+        if (tag := refless_buildset(self.tags)) is not None:
+            raise ValueError(
+                f'"{tag}" makes a gitiles commit without a ref, which Buildbucket refuses: '
+                'add a "gitiles_ref:refs/heads/<branch>" tag, or leave the buildset tag out and '
+                'give the commit as "gitiles": {"repo", "ref", "revision"}'
+            )
 
     def to_request(self) -> TriggerRequest:
         gitiles = self.gitiles

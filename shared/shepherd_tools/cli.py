@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shepherd.config import DEFAULT_STATE, Config, ConfigError
+from shepherd.tasks.buildbucket import finite_numbers
 from shepherd.views import InvocationView
 
 from .client import ClientError, ShepherdClient
@@ -167,11 +168,31 @@ def _pairs(items: list[str], sep: str, what: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _property_value(text: str) -> Any:
+class _NotFinite(ValueError):
+    pass
+
+
+def _not_finite(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _property_value(key: str, text: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=_not_finite)
+        finite = finite_numbers(value)
+    except _NotFinite:
+        finite = False
     except ValueError:
         return text
+    if not finite:
+        # NaN, Infinity or a number beyond a double (1e400) would go out as no JSON at all.
+        quote = "" if text.lstrip()[:1] in ("[", "{") else f"; for the string: {key}='\"{text}\"'"
+        raise fail(
+            f"property {key}={text}: JSON (so Buildbucket) has no NaN, Infinity or number "
+            f"beyond a double{quote}",
+            2,
+        )
+    return value
 
 
 @app.command()
@@ -205,7 +226,7 @@ def trigger(
     if tag:
         body["tags"] = [f"{k}:{v}" for k, v in _pairs(tag, ":", "tag")]
     if prop:
-        body["properties"] = {k: _property_value(v) for k, v in _pairs(prop, "=", "property")}
+        body["properties"] = {k: _property_value(k, v) for k, v in _pairs(prop, "=", "property")}
     # A key of its own even when none is given: the client's retries start one invocation.
     body["request_id"] = request_id or f"cli-{uuid.uuid4()}"
     answer = remote(url, trigger_url, api_url, lambda c: c.trigger(body))

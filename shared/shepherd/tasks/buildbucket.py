@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 import re
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -23,6 +26,7 @@ STATUS_CHECK_TIMER = "check-buildbucket-build-status"
 # The outbound calls the debug log records (LogEntry.call).
 SCHEDULE_BUILD, GET_BUILD, CANCEL_BUILD = "ScheduleBuild", "GetBuild", "CancelBuild"
 RESERVED_TAGS = ("scheduler_invocation_id", "scheduler_job_id", "user_agent")
+NOT_FINITE = "NaN, Infinity and numbers beyond a double are not JSON: Buildbucket refuses them"
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
 _BUILDSET = re.compile(r"^commit/gitiles/([^/]+)/(.+?)/\+/([a-f0-9]+)$")
 
@@ -54,6 +58,12 @@ def _bucket(value: str) -> str:
     return value
 
 
+def _finite(value: dict[str, Any]) -> dict[str, Any]:
+    if not finite_numbers(value):
+        raise ValueError(NOT_FINITE)
+    return value
+
+
 def _tags(value: tuple[str, ...]) -> tuple[str, ...]:
     for tag in value:
         if (key := tag_key(tag)) in RESERVED_TAGS:
@@ -68,7 +78,7 @@ class BuildbucketConfig(Model):
     server: str = field(after=_server)
     bucket: str = field(after=_bucket)
     builder: str = field(minLength=1)
-    properties: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict, after=_finite)
     tags: tuple[str, ...] = field(default=(), after=_tags)
 
 
@@ -119,7 +129,34 @@ def _commit_from_trigger(request: TriggerRequest) -> GitilesCommit | None:
         raise TaskError(
             f'failed to prepare gitiles_commit: bad repo URL "{request.gitiles.repo}": {e}'
         ) from None
-    return GitilesCommit(host, project, request.gitiles.revision, request.gitiles.ref)
+    # Buildbucket requires "refs/..." ("ref must match refs/.*"): "main" means refs/heads/main.
+    ref = normalize_ref(request.gitiles.ref)
+    return GitilesCommit(host, project, request.gitiles.revision, ref)
+
+
+def refless_buildset(tags: Iterable[str]) -> str | None:
+    """The buildset tag whose commit would reach Buildbucket without a ref, which it refuses
+    ("gitiles_commit: ref is required"); None when the tags give the commit a ref or none."""
+    buildset, ref = None, ""
+    for tag in tags:
+        key, _, value = tag.partition(":")
+        if key == "gitiles_ref":
+            ref = normalize_ref(value)
+        elif key == "buildset" and buildset is None and _BUILDSET.match(value):
+            buildset = tag
+    return None if ref else buildset
+
+
+def finite_numbers(value: Any) -> bool:
+    """Whether every number in a JSON value is finite: JSON has no NaN or Infinity, so
+    Buildbucket answers "could not decode body" to a request that carries one."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):  # JSON numbers are doubles: 10**400 is Infinity too
+        return abs(value) <= sys.float_info.max
+    if isinstance(value, dict):
+        return all(map(finite_numbers, value.values()))
+    return all(map(finite_numbers, value)) if isinstance(value, list) else True
 
 
 def _pop_commit_from_tags(
@@ -259,7 +296,8 @@ def build_schedule_request(
 
 def invocation_status(build: dict[str, Any], debug_log: DebugLog) -> Status | None:
     """The invocation status a build's status means; None while the build is active."""
-    status = build.get("status")
+    # protojson leaves zero values out: a build without "status" is STATUS_UNSPECIFIED.
+    status = build.get("status", "STATUS_UNSPECIFIED")
     if status in _ACTIVE:
         return None
     if status in _STATUS_MAP:

@@ -1,4 +1,8 @@
-"""A Buildbucket v2 simulator: pRPC over HTTP, scripted build lifecycles, Pub/Sub notifications."""
+"""A Buildbucket v2 simulator: pRPC over HTTP, scripted build lifecycles, Pub/Sub notifications.
+
+Requests are read with Buildbucket's own protos (simulator/pb, `make protos`) and validated as
+Buildbucket validates them (validation.py); answers and notifications are built with them too.
+"""
 
 from __future__ import annotations
 
@@ -18,18 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from shepherd.durations import parse_duration
 from shepherd.grpc_codes import Code, RpcError
 from shepherd.timestamps import format_rfc3339
 
+from . import validation, wire
+from .pb.buildbucket.proto import build_pb2, builds_service_pb2, common_pb2
+
 Json = dict[str, Any]
 
 SERVICE = "buildbucket.v2.Builds"
-METHODS = ("ScheduleBuild", "GetBuild", "CancelBuild")
+METHODS = ("ScheduleBuild", "GetBuild", "CancelBuild", "Batch")
 FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "INFRA_FAILURE", "CANCELED"})
 BUILDER_KEYS = ("project", "bucket", "builder")
-COMMIT_KEYS = ("host", "project", "id", "ref", "position")
+STATUS_NAMES = tuple(common_pb2.Status.keys())
 CALLER = "user:shepherd@localhost"
 XSSI_PREFIX = b")]}'\n"
 SERVER_INFO = {"app_id": "buildbucket-sim", "service_account_name": "buildbucket-sim@localhost"}
@@ -115,8 +124,9 @@ def _parse_script(raw: Any, where: str) -> list[Step]:
         if not isinstance(item, dict) or set(item) - {"status", "for"}:
             raise ValueError(f'{where}[{i}]: a step is {{"status": NAME, "for": DURATION}}')
         status = item.get("status")
-        if not isinstance(status, str) or not status:
-            raise ValueError(f"{where}[{i}]: needs a status name")
+        if not isinstance(status, str) or status not in STATUS_NAMES:
+            names = ", ".join(STATUS_NAMES)
+            raise ValueError(f"{where}[{i}]: the status must be one of Buildbucket's: {names}")
         if ("for" in item) == last:
             raise ValueError(f"{where}[{i}]: " + ("takes no 'for'" if last else "needs 'for'"))
         for_ns = None
@@ -176,16 +186,18 @@ def parse_config(raw: Any) -> Config:
     )
 
 
+def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
 @dataclass
 class Build:
     id: int
-    builder: dict[str, str]
+    builder: common_pb2.BuilderID
     number: int
     create_ns: int
     script: list[Step]
-    gitiles_commit: Json | None
-    topic: str
-    user_data: str
+    request: builds_service_pb2.ScheduleBuildRequest
     step: int = 0
     status: str = ""
     start_ns: int | None = None
@@ -207,32 +219,46 @@ class Build:
         self.set_status(step.status, at)
         self.next_ns = None if step.for_ns is None else at + step.for_ns
 
-    def to_json(self) -> Json:
-        out: Json = {
-            "id": str(self.id),
-            "builder": dict(self.builder),
-            "number": self.number,
-            "createdBy": f"project:{self.builder['project']}",
-            "createTime": format_rfc3339(self.create_ns),
-        }
+    @property
+    def topic(self) -> str:
+        return self.request.notify.pubsub_topic
+
+    def to_proto(self, *, properties: bool = False) -> build_pb2.Build:
+        """The build as GetBuild's default fields show it; with its input properties if asked."""
+        build = build_pb2.Build(
+            id=self.id,
+            builder=self.builder,
+            number=self.number,
+            created_by=f"project:{self.builder.project}",
+            create_time=_timestamp(self.create_ns),
+            update_time=_timestamp(self.update_ns),
+            status=common_pb2.Status.Value(self.status),
+        )
         if self.start_ns is not None:
-            out["startTime"] = format_rfc3339(self.start_ns)
+            build.start_time.CopyFrom(_timestamp(self.start_ns))
         if self.end_ns is not None:
-            out["endTime"] = format_rfc3339(self.end_ns)
-        out["updateTime"] = format_rfc3339(self.update_ns)
-        out["status"] = self.status
-        if self.gitiles_commit is not None:
-            out["input"] = {"gitilesCommit": dict(self.gitiles_commit)}
-        return out
+            build.end_time.CopyFrom(_timestamp(self.end_ns))
+        if self.request.HasField("gitiles_commit"):
+            build.input.gitiles_commit.CopyFrom(self.request.gitiles_commit)
+        if properties and self.request.HasField("properties"):
+            build.input.properties.CopyFrom(self.request.properties)
+        return build
+
+    def to_json(self) -> Json:
+        return wire.encode(self.to_proto())
 
 
-def _ordered_commit(raw: Any) -> Json | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise RpcError(Code.INVALID_ARGUMENT, "gitiles_commit: must be an object")
-    known = {k: raw[k] for k in COMMIT_KEYS if k in raw}
-    return known | {k: v for k, v in raw.items() if k not in known}
+BATCH_METHODS = {
+    "get_build": "GetBuild",
+    "schedule_build": "ScheduleBuild",
+    "cancel_build": "CancelBuild",
+}
+REQUEST_TYPES: dict[str, type[Message]] = {
+    "ScheduleBuild": builds_service_pb2.ScheduleBuildRequest,
+    "GetBuild": builds_service_pb2.GetBuildRequest,
+    "CancelBuild": builds_service_pb2.CancelBuildRequest,
+    "Batch": builds_service_pb2.BatchRequest,
+}
 
 
 def _encoded_data(message: Json) -> str:
@@ -309,77 +335,116 @@ class Simulator:
             return min(pending, default=None)
 
     def call(self, method: str, request: Any) -> Json:
-        """One RPC as received: counted, then faulted if configured, then served."""
+        """One RPC as received (its body parsed JSON, or the raw bytes): counted, then faulted
+        if configured, then decoded strictly, validated and served."""
         with self._lock:
             self.calls[method] = self.calls.get(method, 0) + 1
-            for fault in self.config.faults:
-                if fault.times > 0 and fault.method in (method, "*"):
-                    fault.times -= 1
-                    raise RpcError(fault.code, f"simulated {fault.code.name} fault")
-            handler = {
-                "ScheduleBuild": self.schedule_build,
-                "GetBuild": self.get_build,
-                "CancelBuild": self.cancel_build,
-            }.get(method)
-            if handler is None:
+            self._fault(method)
+            message_type = REQUEST_TYPES.get(method)
+            if message_type is None:
                 raise RpcError(
                     Code.UNIMPLEMENTED, f'method "{method}" of service "{SERVICE}" not implemented'
                 )
-            if not isinstance(request, dict):
-                raise RpcError(Code.INVALID_ARGUMENT, "the request body is not a JSON object")
-            return handler(request)
+            return wire.encode(self._serve(method, wire.decode(request, message_type)))
 
     def schedule_build(self, request: Json) -> Json:
-        builder = request.get("builder")
-        if not isinstance(builder, dict) or not all(
-            isinstance(builder.get(k), str) and builder[k] for k in BUILDER_KEYS
-        ):
-            raise RpcError(Code.INVALID_ARGUMENT, "builder or template_build_id is required")
-        notify = request.get("notify") or {}
-        if not isinstance(notify, dict):
-            raise RpcError(Code.INVALID_ARGUMENT, "notify: must be an object")
-        commit = _ordered_commit(request.get("gitilesCommit"))
-        request_id = request.get("requestId") or ""
-        with self._lock:
-            now = self._catch_up()
-            if request_id in self._by_request:
-                return self._builds[self._by_request[request_id]].to_json()
-            key = tuple(builder[k] for k in BUILDER_KEYS)
-            number = self._numbers.get(key, self.config.first_build_number)
-            self._numbers[key] = number + 1
-            build = Build(
-                id=self._next_id,
-                builder={k: builder[k] for k in BUILDER_KEYS},
-                number=number,
-                create_ns=now,
-                script=self.config.scripts.get(builder["builder"], self.config.script),
-                gitiles_commit=commit,
-                topic=str(notify.get("pubsubTopic") or ""),
-                user_data=str(notify.get("userData") or ""),
-            )
-            self._next_id -= 1
-            build.enter(0, now)
-            self._builds[build.id] = build
-            if request_id:
-                self._by_request[request_id] = build.id
-            self._lock.notify_all()
-            return build.to_json()
+        return self.call("ScheduleBuild", request)
 
     def get_build(self, request: Json) -> Json:
-        with self._lock:
-            self._catch_up()
-            return self._find(request).to_json()
+        return self.call("GetBuild", request)
 
     def cancel_build(self, request: Json) -> Json:
-        with self._lock:
-            now = self._catch_up()
-            build = self._find(request)
-            if build.status not in FINAL_STATUSES:
-                build.set_status("CANCELED", now)
-                build.next_ns = None
-                self._publish(build, now)
-                self._lock.notify_all()
-            return build.to_json()
+        return self.call("CancelBuild", request)
+
+    def batch(self, request: Json) -> Json:
+        return self.call("Batch", request)
+
+    def _fault(self, method: str) -> None:
+        for fault in self.config.faults:
+            if fault.times > 0 and fault.method in (method, "*"):
+                fault.times -= 1
+                raise RpcError(fault.code, f"simulated {fault.code.name} fault")
+
+    def _serve(self, method: str, request: Any) -> Message:
+        if method == "ScheduleBuild":
+            return self._schedule(request)
+        if method == "GetBuild":
+            return self._get(request)
+        if method == "CancelBuild":
+            return self._cancel(request)
+        return self._batch(request)
+
+    def _schedule(self, request: builds_service_pb2.ScheduleBuildRequest) -> build_pb2.Build:
+        if (error := validation.validate_schedule(request)) is not None:
+            raise RpcError(Code.INVALID_ARGUMENT, error)
+        if not request.HasField("builder"):
+            raise RpcError(Code.UNIMPLEMENTED, "template_build_id is not simulated")
+        now = self._catch_up()
+        if request.request_id in self._by_request:
+            return self._builds[self._by_request[request.request_id]].to_proto()
+        builder = request.builder
+        key = (builder.project, builder.bucket, builder.builder)
+        number = self._numbers.get(key, self.config.first_build_number)
+        self._numbers[key] = number + 1
+        build = Build(
+            id=self._next_id,
+            builder=builder,
+            number=number,
+            create_ns=now,
+            script=self.config.scripts.get(builder.builder, self.config.script),
+            request=request,
+        )
+        self._next_id -= 1
+        build.enter(0, now)
+        self._builds[build.id] = build
+        if request.request_id:
+            self._by_request[request.request_id] = build.id
+        self._lock.notify_all()
+        return build.to_proto()
+
+    def _get(self, request: builds_service_pb2.GetBuildRequest) -> build_pb2.Build:
+        if (error := validation.validate_get(request)) is not None:
+            raise RpcError(Code.INVALID_ARGUMENT, error)
+        self._catch_up()
+        if request.id:
+            return self._find(request.id).to_proto()
+        wanted = (request.builder.SerializeToString(deterministic=True), request.build_number)
+        for build in self._builds.values():
+            if (build.builder.SerializeToString(deterministic=True), build.number) == wanted:
+                return build.to_proto()
+        raise self._not_found()
+
+    def _cancel(self, request: builds_service_pb2.CancelBuildRequest) -> build_pb2.Build:
+        if (error := validation.validate_cancel(request)) is not None:
+            raise RpcError(Code.INVALID_ARGUMENT, error)
+        now = self._catch_up()
+        build = self._find(request.id)
+        if build.status not in FINAL_STATUSES:
+            build.set_status("CANCELED", now)
+            build.next_ns = None
+            self._publish(build, now)
+            self._lock.notify_all()
+        return build.to_proto()
+
+    def _batch(self, request: builds_service_pb2.BatchRequest) -> Message:
+        """Batch.go: one answer per request, each a build or its error; a configured fault for
+        an item's method fails that item alone."""
+        if (error := validation.validate_batch(request)) is not None:
+            raise RpcError(Code.INVALID_ARGUMENT, error)
+        response = builds_service_pb2.BatchResponse()
+        for item in request.requests:
+            kind = item.WhichOneof("request")
+            answer = response.responses.add()
+            method = BATCH_METHODS.get(kind or "")
+            try:
+                if method is None:
+                    raise RpcError(Code.UNIMPLEMENTED, f"{kind} is not simulated")
+                self._fault(method)
+                getattr(answer, kind).CopyFrom(self._serve(method, getattr(item, kind)))
+            except RpcError as e:
+                answer.error.code = int(e.code)
+                answer.error.message = e.message
+        return response
 
     def advance(self, to_ns: int) -> Json:
         """Manual clock: applies every transition due up to `to_ns`, then takes the outbox."""
@@ -425,19 +490,18 @@ class Simulator:
             self._closed = True
             self._lock.notify_all()
 
-    def _find(self, request: Json) -> Build:
-        raw = request.get("id")
-        if isinstance(raw, bool) or not (
-            isinstance(raw, int) or (isinstance(raw, str) and raw.isascii() and raw.isdigit())
-        ):
-            raise RpcError(Code.INVALID_ARGUMENT, "id: required")
-        build = self._builds.get(int(raw))
+    def _find(self, build_id: int) -> Build:
+        build = self._builds.get(build_id)
         if build is None:
-            raise RpcError(
-                Code.NOT_FOUND,
-                f'requested resource not found or "{CALLER}" does not have permission to view it',
-            )
+            raise self._not_found()
         return build
+
+    @staticmethod
+    def _not_found() -> RpcError:
+        return RpcError(
+            Code.NOT_FOUND,
+            f'requested resource not found or "{CALLER}" does not have permission to view it',
+        )
 
     def _catch_up(self) -> int:
         if self.config.clock == "manual":
@@ -463,13 +527,11 @@ class Simulator:
         if not build.topic or self._rng.random() < self.config.drop_notifications:
             return
         self._message_id += 1
-        data: Json = {"buildPubsub": {"build": build.to_json()}}
-        if build.user_data:
-            data["userData"] = build.user_data
-        completed = build.status in FINAL_STATUSES
+        data = wire.notification(build.to_proto(properties=True), build.request.notify.user_data)
+        completed = common_pb2.Status.Value(build.status) & common_pb2.ENDED_MASK
         message = {
             "data": data,
-            "attributes": build.builder
+            "attributes": {key: getattr(build.builder, key) for key in BUILDER_KEYS}
             | {"is_completed": "true" if completed else "false", "version": "v2"},
             "messageId": str(self._message_id),
             "publishTime": format_rfc3339(at),
@@ -555,11 +617,15 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if service != SERVICE:
                 raise RpcError(Code.UNIMPLEMENTED, f'service "{service}" not implemented')
-            try:
-                request = json.loads(raw or b"{}")
-            except ValueError:
-                request = None
-            response = sim.call(method, request)
+            content_type = self.headers.get("Content-Type", "").split(";")[0].strip()
+            if content_type != "application/json":
+                # pRPC reads binary protobuf without a Content-Type; the simulator speaks JSON.
+                raise RpcError(
+                    Code.INVALID_ARGUMENT,
+                    f"bad Content-Type header: {content_type!r}, the "
+                    "simulator reads application/json",
+                )
+            response = sim.call(method, raw)
         except RpcError as e:
             headers = {"X-Prpc-Grpc-Code": str(int(e.code))}
             self._send(e.code.http_status, (e.message + "\n").encode(), "text/plain", headers)
