@@ -188,6 +188,29 @@ def test_abort_cancels_the_build(stack: VirtualStack) -> None:
     assert [e.text for e in stack.store.read_log(invocation_id)] == log
 
 
+def test_an_abort_that_its_own_cancellation_overtakes_still_answers_aborted(
+    stack: VirtualStack,
+) -> None:
+    invocation_id = run_until_running(stack)
+    store_commit = stack.store.commit
+
+    def cancellation_notified_first(*args: Any) -> None:
+        # The CANCELED notification CancelBuild caused is handled before the abort commits.
+        del stack.store.commit
+        published = stack.sim.advance(stack.clock.now_ns())["published"]
+        assert published
+        for m in published:
+            data = json.dumps(m["data"]).encode()
+            stack.engine.handle_notification(PubSubMessage(data, m["attributes"], m["messageId"]))
+        store_commit(*args)
+
+    stack.store.commit = cancellation_notified_first  # type: ignore[method-assign]
+    aborted = stack.engine.abort(invocation_id)
+    assert aborted.status is Status.ABORTED
+    assert stack.store.get(invocation_id) == aborted
+    assert stack.sim.state()["calls"]["CancelBuild"] == 1
+
+
 def test_forged_and_malformed_notifications_change_nothing(stack: VirtualStack) -> None:
     invocation_id = run_until_running(stack)
     before = stack.store.get(invocation_id), stack.store.read_log(invocation_id)

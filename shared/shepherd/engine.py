@@ -286,7 +286,15 @@ class Engine:
             ctl.debug_log.write(LogKind.ERROR, f"Fatal error when aborting the invocation - {e}")
         if not ctl.status.final:
             ctl.status = Status.ABORTED
-        self._commit(ctl)
+        try:
+            self._commit(ctl)
+        except RetryLater:
+            # The cancelled build's own notification can finish the invocation first: the
+            # abort has then done what it was asked.
+            now = self.store.get(invocation_id)
+            if now is not None and now.status is Status.ABORTED:
+                return now
+            raise
         return ctl.saved
 
     def recover(self) -> int:
