@@ -115,7 +115,7 @@ def start_tasks(workdir: Path) -> Emulator:
 
 def clear_firestore(host: str) -> None:
     url = f"http://{host}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
-    httpx.delete(url).raise_for_status()
+    httpx.delete(url, timeout=60).raise_for_status()
 
 
 class TcpProxy:

@@ -85,6 +85,22 @@ def aborted_again(dev: DevProcess, invocation_id: str) -> None:
 # --- SQLite ----------------------------------------------------------------------------------
 
 
+def recovered(
+    dev: DevProcess, sim: SimulatorProcess, running: str, before: list[str]
+) -> httpx.Response:
+    """Once the outage is over: the trigger refused during it starts one invocation, the running
+    one's log lost nothing, the abort completes, and each invocation has one build."""
+    created = until_not_503(lambda: trigger(dev, "during"))
+    assert created.status_code == 202, created.text
+    again = trigger(dev, "during")
+    assert again.json()["invocation_id"] == created.json()["invocation_id"]
+    assert dev.log_lines(running)[: len(before)] == before
+    aborted_again(dev, running)
+    dev.wait_for(created.json()["invocation_id"], {"RUNNING"})
+    assert sim.state()["calls"]["ScheduleBuild"] == 2
+    return created
+
+
 @pytest.fixture
 def sqlite_dev(sim: SimulatorProcess, tmp_path: Path) -> Iterator[DevProcess]:
     process = DevProcess(
@@ -120,17 +136,9 @@ def test_sqlite_write_lock_held_elsewhere_answers_503_then_succeeds(
         other.execute("ROLLBACK")
         other.close()
 
-    created = until_not_503(lambda: trigger(dev, "during"))
-    assert created.status_code == 202, created.text
-    again = trigger(dev, "during")
-    assert again.json()["invocation_id"] == created.json()["invocation_id"]
-    lines = dev.log_lines(running)
-    assert lines[: len(before)] == before  # nothing lost
-    aborted_again(dev, running)
+    recovered(dev, sim, running, before)
     pushed = dev.push(signed(running))
     assert pushed.status_code == 200, pushed.text  # finished: acknowledged, nothing to do
-    dev.wait_for(created.json()["invocation_id"], {"RUNNING"})
-    assert sim.state()["calls"]["ScheduleBuild"] == 2  # one build per invocation
 
 
 # --- Firestore -------------------------------------------------------------------------------
@@ -187,15 +195,7 @@ def test_firestore_briefly_unavailable_answers_503_then_succeeds(
     finally:
         firestore_proxy.restore()
 
-    created = until_not_503(lambda: trigger(dev, "during"))
-    assert created.status_code == 202, created.text
-    again = trigger(dev, "during")
-    assert again.json()["invocation_id"] == created.json()["invocation_id"]
-    lines = dev.log_lines(running)
-    assert lines[: len(before)] == before  # nothing lost
-    aborted_again(dev, running)
-    dev.wait_for(created.json()["invocation_id"], {"RUNNING"})
-    assert sim.state()["calls"]["ScheduleBuild"] == 2  # nothing done twice
+    created = recovered(dev, sim, running, before)
     listed = dev.http.get(f"{dev.url}/api/jobs/chromium%2FWindows%20deterministic/invocations")
     assert sorted(i["id"] for i in listed.json()["invocations"]) == sorted(
         [running, created.json()["invocation_id"]]
