@@ -224,15 +224,16 @@ class PrpcBuildsClient:
             response = self._client().get(url, headers={"Accept": "application/json"})
         except httpx.TransportError as e:
             raise RpcError(Code.UNAVAILABLE, f"{url}: {e}") from e
+        if not response.is_success:
+            code = Code.UNAVAILABLE if response.status_code >= 500 else Code.UNKNOWN
+            text = response.text.strip()[:200]
+            raise RpcError(code, f"{url}: HTTP {response.status_code}: {text}")
         try:
-            account = response.json()["service_account_name"] if response.is_success else None
+            account = response.json()["service_account_name"]
         except (ValueError, KeyError, TypeError):
             account = None
         if not isinstance(account, str) or "@" not in account:
-            raise RpcError(
-                Code.UNKNOWN,
-                f"{url} did not name the server's service account (HTTP {response.status_code})",
-            )
+            raise RpcError(Code.UNKNOWN, f"{url} did not name the server's service account")
         with self._lock:
             self._publishers[server] = account
         return account

@@ -36,6 +36,7 @@ Json = dict[str, Any]
 
 SERVICE = "buildbucket.v2.Builds"
 METHODS = ("ScheduleBuild", "GetBuild", "CancelBuild", "Batch")
+SERVER_INFO = "ServerInfo"  # the fault name of GET /auth/api/v1/server/info
 FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "INFRA_FAILURE", "CANCELED"})
 BUILDER_KEYS = ("project", "bucket", "builder")
 STATUS_NAMES = tuple(common_pb2.Status.keys())
@@ -350,9 +351,11 @@ class Simulator:
             self.config.faults.append(Fault(method, code, times))
 
     def server_info(self) -> Json:
-        """LUCI's /auth/api/v1/server/info: who this server is and acts as."""
+        """LUCI's /auth/api/v1/server/info: who this server is and acts as. Fails as a
+        fault for the method "ServerInfo" says ("*" does not cover it)."""
         with self._lock:
             self.server_info_requests += 1
+            self._fault(SERVER_INFO)
             account = self.config.service_account
             return {"app_id": account.split("@")[0], "service_account_name": account}
 
@@ -397,7 +400,8 @@ class Simulator:
 
     def _fault(self, method: str) -> None:
         for fault in self.config.faults:
-            if fault.times > 0 and fault.method in (method, "*"):
+            wildcard = "*" if method != SERVER_INFO else None
+            if fault.times > 0 and fault.method in (method, wildcard):
                 fault.times -= 1
                 if fault.http_status is not None:
                     raise RawHttpRefusal(fault.http_status)
@@ -633,7 +637,10 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/sim/outbox":
             self._json(200, sim.take_outbox())
         elif path == "/auth/api/v1/server/info":
-            self._json(200, sim.server_info())
+            try:
+                self._json(200, sim.server_info())
+            except RpcError as e:
+                self._send(e.code.http_status, (e.message + "\n").encode(), "text/plain")
         else:
             self._send(404, b"not found\n", "text/plain")
 
