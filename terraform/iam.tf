@@ -13,6 +13,13 @@ resource "google_service_account" "fn" {
   display_name = "shepherd ${each.key} function"
 }
 
+# The one identity every Buildbucket call is made as (SHEPHERD_BUILDBUCKET_ACCOUNT): grant it
+# role/buildbucket.triggerer in your bucket's realm (README). The functions impersonate it.
+resource "google_service_account" "buildbucket" {
+  account_id   = "shepherd-buildbucket"
+  display_name = "shepherd calling Buildbucket"
+}
+
 resource "google_service_account" "tasks_invoker" {
   account_id   = "shepherd-tasks-invoker"
   display_name = "Cloud Tasks calling shepherd's on-timer"
@@ -68,4 +75,13 @@ resource "google_cloud_run_service_iam_member" "api_invokers" {
   service  = google_cloudfunctions2_function.fn["api"].name
   role     = "roles/run.invoker"
   member   = each.value
+}
+
+# Exactly the functions that call Buildbucket may mint its tokens: on-timer (launch, status
+# checks), on-build-notification (GetBuild) and api (abort's CancelBuild).
+resource "google_service_account_iam_member" "buildbucket_token_creators" {
+  for_each           = { for name, f in local.functions : f.account => f if f.buildbucket }
+  service_account_id = google_service_account.buildbucket.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${google_service_account.fn[each.key].email}"
 }

@@ -18,14 +18,16 @@ locals {
   }
 
   # name -> entry point in main.py, its service account, whether it holds the signing key,
-  # and who reaches it: Cloud Tasks and Pub/Sub push count as internal traffic.
+  # whether it calls Buildbucket (as SHEPHERD_BUILDBUCKET_ACCOUNT), and who reaches it:
+  # Cloud Tasks and Pub/Sub push count as internal traffic.
   functions = {
-    "trigger"               = { entry_point = "trigger", account = "trigger", secret = false, ingress = "ALLOW_ALL" }
-    "on-build-notification" = { entry_point = "on_build_notification", account = "notification", secret = true, ingress = "ALLOW_INTERNAL_ONLY" }
-    "on-timer"              = { entry_point = "on_timer", account = "timer", secret = true, ingress = "ALLOW_INTERNAL_ONLY" }
-    "api"                   = { entry_point = "api", account = "api", secret = false, ingress = "ALLOW_ALL" }
-    "scheduler"             = { entry_point = "scheduler", account = "scheduler", secret = false, ingress = "ALLOW_INTERNAL_ONLY" }
+    "trigger"               = { entry_point = "trigger", account = "trigger", secret = false, buildbucket = false, ingress = "ALLOW_ALL" }
+    "on-build-notification" = { entry_point = "on_build_notification", account = "notification", secret = true, buildbucket = true, ingress = "ALLOW_INTERNAL_ONLY" }
+    "on-timer"              = { entry_point = "on_timer", account = "timer", secret = true, buildbucket = true, ingress = "ALLOW_INTERNAL_ONLY" }
+    "api"                   = { entry_point = "api", account = "api", secret = false, buildbucket = true, ingress = "ALLOW_ALL" }
+    "scheduler"             = { entry_point = "scheduler", account = "scheduler", secret = false, buildbucket = false, ingress = "ALLOW_INTERNAL_ONLY" }
   }
+  buildbucket_env = { SHEPHERD_BUILDBUCKET_ACCOUNT = google_service_account.buildbucket.email }
 }
 
 resource "google_project_service" "apis" {
@@ -35,6 +37,7 @@ resource "google_project_service" "apis" {
     "cloudscheduler.googleapis.com",
     "cloudtasks.googleapis.com",
     "firestore.googleapis.com",
+    "iamcredentials.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
@@ -118,7 +121,7 @@ resource "google_cloudfunctions2_function" "fn" {
     ingress_settings                 = each.value.ingress
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.fn[each.value.account].email
-    environment_variables            = local.common_env
+    environment_variables            = merge(local.common_env, each.value.buildbucket ? local.buildbucket_env : {})
     max_instance_request_concurrency = 1
 
     dynamic "secret_environment_variables" {

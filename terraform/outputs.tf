@@ -17,3 +17,8 @@ output "queue" {
   description = "The Cloud Tasks queue of the status checks."
   value       = google_cloud_tasks_queue.status_checks.id
 }
+
+output "buildbucket_account" {
+  description = "The service account every Buildbucket call is made as: grant it role/buildbucket.triggerer in your bucket's realm."
+  value       = google_service_account.buildbucket.email
+}

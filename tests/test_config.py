@@ -28,6 +28,7 @@ EVERYTHING = {
     "SHEPHERD_TIMER_URL": "https://on-timer-xyz.a.run.app",
     "SHEPHERD_TASKS_SERVICE_ACCOUNT": "tasks@p.iam.gserviceaccount.com",
     "SHEPHERD_TOPIC": TOPIC,
+    "SHEPHERD_BUILDBUCKET_ACCOUNT": "buildbucket@p.iam.gserviceaccount.com",
     "SHEPHERD_LOG_RETENTION": "2160h",
     "SHEPHERD_OIDC_CERTS_URL": "http://127.0.0.1:9/certs",
     "CLOUD_TASKS_EMULATOR_HOST": "127.0.0.1:8123",
@@ -48,6 +49,7 @@ def test_every_variable_is_read() -> None:
         timer_url="https://on-timer-xyz.a.run.app",
         tasks_service_account="tasks@p.iam.gserviceaccount.com",
         topic=TOPIC,
+        buildbucket_account="buildbucket@p.iam.gserviceaccount.com",
         log_retention_ns=2160 * HOUR,
         oidc_certs_url="http://127.0.0.1:9/certs",
         tasks_emulator_host="127.0.0.1:8123",
@@ -86,6 +88,7 @@ def test_the_secret_never_shows_in_its_repr() -> None:
         ("SHEPHERD_OIDC_CERTS_URL", "ftp://x/certs", "SHEPHERD_OIDC_CERTS_URL must be an http"),
         ("SHEPHERD_TASKS_QUEUE", "status-checks", '"projects/P/locations/L/queues/Q"'),
         ("SHEPHERD_TOPIC", "projects/p/subscriptions/s", 'must be "projects/P/topics/T"'),
+        ("SHEPHERD_BUILDBUCKET_ACCOUNT", "buildbucket", "must be a service account email"),
     ],
 )
 def test_bad_values_are_refused_in_one_line(name: str, value: str, message: str) -> None:

@@ -126,19 +126,52 @@ def test_schedule_build_still_failing_retries_the_launch(
     assert len(sim.state()["builds"]) == 1
 
 
-def test_schedule_build_permission_denied_fails_at_once(
-    sim: SimulatorProcess, tmp_path: Path
+ANONYMOUS = "anonymous (no token goes to http:// servers)"
+REFUSALS = [
+    # A proxy or Google's front end refusing the token: no X-Prpc-Grpc-Code.
+    ({"http_status": 403}, "PermissionDenied", "was refused"),
+    ({"http_status": 401}, "Unauthenticated", "was not let in"),
+    # Buildbucket itself refusing the caller.
+    ({"code": "PERMISSION_DENIED"}, "PermissionDenied", "was refused"),
+    ({"code": "UNAUTHENTICATED"}, "Unauthenticated", "was not let in"),
+]
+
+
+@pytest.mark.parametrize(("fault", "go_code", "refused"), REFUSALS)
+def test_a_refused_schedule_build_fails_at_once_naming_caller_and_permission(
+    sim: SimulatorProcess, tmp_path: Path, fault: dict[str, Any], go_code: str, refused: str
 ) -> None:
-    result = run(sim, tmp_path, faults=[{"method": "ScheduleBuild", "code": "PERMISSION_DENIED"}])
+    result = run(sim, tmp_path, faults=[{"method": "ScheduleBuild", **fault}])
     lines = texts(result)
     assert result.invocation.status is Status.FAILED
-    assert any(
-        line.startswith("Failed to schedule Buildbucket build - rpc error: code = PermissionDenied")
-        for line in lines
+    failed = lines.index(next(line for line in lines if line.startswith("Failed to schedule")))
+    assert lines[failed].startswith(
+        f"Failed to schedule Buildbucket build - rpc error: code = {go_code} desc = "
     )
+    assert lines[failed + 1] == (
+        f'ScheduleBuild {refused}: it was called as "{ANONYMOUS}", which needs the Buildbucket '
+        'permission buildbucket.builds.add in bucket "chromium/ci"'
+    )
+    assert "The invocation will be retried" not in lines
     assert lines[-1].endswith("with status FAILED")
     assert result.simulator_calls["ScheduleBuild"] == 1
     assert sim.state()["builds"] == []
+
+
+@pytest.mark.parametrize(("fault", "go_code", "refused"), REFUSALS[:2])
+def test_a_refused_get_build_fails_naming_caller_and_permission(
+    sim: SimulatorProcess, tmp_path: Path, fault: dict[str, Any], go_code: str, refused: str
+) -> None:
+    result = run(sim, tmp_path, faults=[{"method": "GetBuild", **fault}], drop_notifications=1.0)
+    lines = texts(result)
+    assert result.invocation.status is Status.FAILED
+    assert lines[-3].startswith(f"Failed to fetch build - rpc error: code = {go_code} desc = ")
+    assert lines[-2] == (
+        f'GetBuild {refused}: it was called as "{ANONYMOUS}", which needs the Buildbucket '
+        "permission buildbucket.builds.get in the build's bucket"
+    )
+    assert lines[-1].endswith("with status FAILED")
+    assert result.simulator_calls["GetBuild"] == 1
 
 
 def test_get_build_not_found_fails_the_invocation(sim: SimulatorProcess, tmp_path: Path) -> None:
@@ -300,3 +333,67 @@ def test_timeout_line_records_the_cancel_build(sim: SimulatorProcess, tmp_path: 
     assert timed_out[0].call == "CancelBuild"
     assert [e.call for e in entries].count("CancelBuild") == result.simulator_calls["CancelBuild"]
     assert result.simulator_calls["CancelBuild"] == 1
+
+
+ACCOUNT = "buildbucket-test@example-project.iam.gserviceaccount.com"
+
+
+def test_the_topic_is_named_for_the_account_the_server_reports_asked_once(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    stack = VirtualStack(
+        scenario(script=[*SHORT, {"status": "SUCCESS"}], service_account=ACCOUNT),
+        tmp_path / "s.db",
+        sim,
+    )
+    try:
+        invocations = [stack.trigger().id for _ in range(3)]
+        finals = [stack.run_until_final(invocation_id) for invocation_id in invocations]
+    finally:
+        stack.close()
+    assert [inv.status for inv in finals] == [Status.SUCCEEDED] * 3
+    topic_id = "scheduler.buildbucket." + ACCOUNT.replace("@", "~")
+    topic = f'PubSub topic is "projects/luci-scheduler/topics/{topic_id}"'
+    for invocation_id in invocations:
+        assert topic in [e.text for e in stack.store.read_log(invocation_id)]
+    assert sim.state()["server_info_requests"] == 1, "asked once per server and process"
+
+
+def test_a_server_that_cannot_say_who_publishes_retries_the_launch(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    result = run(sim, tmp_path, faults=[{"method": "ServerInfo", "code": "UNAVAILABLE"}])
+    lines = texts(result)
+    failed = [line for line in lines if line.startswith("Failed to prepare PubSub topic - ")]
+    assert failed == [
+        "Failed to prepare PubSub topic - rpc error: code = Unavailable desc = "
+        f"{sim.url}/auth/api/v1/server/info: HTTP 503: simulated UNAVAILABLE fault"
+    ]
+    assert lines[lines.index(failed[0]) + 1] == "The invocation will be retried"
+    assert result.invocation.status is Status.SUCCEEDED and result.invocation.attempt == 2
+    assert result.simulator_calls["ScheduleBuild"] == 1
+    assert sim.state()["server_info_requests"] == 2
+
+
+def test_a_refused_cancel_build_names_caller_and_permission(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    stack = VirtualStack(
+        scenario(
+            script=[*SHORT, {"status": "SUCCESS"}],
+            faults=[{"method": "CancelBuild", "http_status": 403}],
+        ),
+        tmp_path / "s.db",
+        sim,
+    )
+    try:
+        invocation_id = run_until_running(stack)
+        stack.engine.abort(invocation_id)
+    finally:
+        stack.close()
+    log = [e.text for e in stack.store.read_log(invocation_id)]
+    assert (
+        f'CancelBuild was refused: it was called as "{ANONYMOUS}", which needs the Buildbucket '
+        "permission buildbucket.builds.cancel in the build's bucket"
+    ) in log
+    assert stack.sim.state()["calls"]["CancelBuild"] == 1

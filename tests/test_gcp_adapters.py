@@ -72,14 +72,17 @@ def test_topic_is_created_once_and_prepared_once_per_publisher(
             return getattr(publisher, attr)
 
     topic = PubSubTopic(Counting(), name)  # type: ignore[arg-type]
-    assert topic.prepare("buildbucket", "https://cr-buildbucket.appspot.com") == name
+    account = "buildbucket-test@example-project.iam.gserviceaccount.com"
+    assert topic.prepare("buildbucket", account) == name
     assert publisher.get_topic(topic=name).name == name  # type: ignore[attr-defined]
-    assert "IAM is not implemented here" in caplog.text  # the emulator has no IAM
+    # The emulator has no IAM: what the adapter asked to grant is in its warning.
+    assert f"serviceAccount:{account} not granted" in caplog.text
     first = list(calls)
-    assert topic.prepare("buildbucket", "https://cr-buildbucket.appspot.com") == name
+    assert topic.prepare("buildbucket", account) == name
     assert calls == first, "a prepared publisher costs no call"
-    topic.prepare("buildbucket", "https://other.appspot.com")
+    topic.prepare("buildbucket", "other@appspot.gserviceaccount.com")
     assert len(calls) > len(first)
+    assert "serviceAccount:other@appspot.gserviceaccount.com not granted" in caplog.text
 
 
 def test_functions_import_only_the_google_libraries_they_use(

@@ -103,6 +103,9 @@ class InProcessBuilds:
     def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]:
         return self.sim.call("CancelBuild", {"id": build_id, "summaryMarkdown": summary})
 
+    def publisher_account(self, server: str) -> str:
+        return str(self.sim.server_info()["service_account_name"])
+
 
 class Queue:
     """Cloud Tasks' contract: a name is enqueued once; deliveries happen at or after the ETA."""

@@ -118,8 +118,8 @@ def advance(http: httpx.Client, to_ns: int) -> dict[str, Any]:
 def test_server_info_and_unknown_paths(http: httpx.Client) -> None:
     info = http.get("/auth/api/v1/server/info")
     assert info.json() == {
-        "app_id": "buildbucket-sim",
-        "service_account_name": "buildbucket-sim@localhost",
+        "app_id": "cr-buildbucket",
+        "service_account_name": "cr-buildbucket@appspot.gserviceaccount.com",
     }
     assert http.get("/nope").status_code == 404
     assert http.post("/sim/nope", json={}).status_code == 404

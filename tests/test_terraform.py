@@ -135,3 +135,30 @@ def test_on_timer_is_invoked_only_by_the_tasks_identity(tf: dict[str, Any]) -> N
     timer = [b for b in invokers.values() if 'fn["on-timer"]' in b["service"]]
     assert len(timer) == 1
     assert "google_service_account.tasks_invoker" in timer[0]["member"]
+
+
+def test_exactly_the_functions_that_call_buildbucket_act_as_its_account(
+    tf: dict[str, Any],
+) -> None:
+    callers = {name for name, f in functions(tf).items() if f["buildbucket"] is True}
+    # on-timer launches and checks builds, on-build-notification runs GetBuild (the "luci"
+    # status policy), api aborts (CancelBuild); trigger and scheduler only enqueue a start.
+    assert callers == {"on-timer", "on-build-notification", "api"}
+    env = tf["resource"]["google_cloudfunctions2_function"]["fn"]["service_config"][0]
+    assert env["environment_variables"] == (
+        "${merge(local.common_env, each.value.buildbucket ? local.buildbucket_env : {})}"
+    )
+    (name,) = tf["locals"]["buildbucket_env"]
+    assert name == "SHEPHERD_BUILDBUCKET_ACCOUNT" and name in env_the_code_reads()
+    assert tf["locals"]["buildbucket_env"][name] == "${google_service_account.buildbucket.email}"
+    grants = tf["resource"]["google_service_account_iam_member"]["buildbucket_token_creators"]
+    assert grants["service_account_id"] == "${google_service_account.buildbucket.name}"
+    assert unquote(grants["role"]) == "roles/iam.serviceAccountTokenCreator"
+    assert "if f.buildbucket" in grants["for_each"]
+    assert "google_service_account.fn[each.key]" in grants["member"]
+    # No other binding lets anyone mint or act as that account.
+    text = "\n".join(path.read_text() for path in TERRAFORM.glob("*.tf"))
+    assert text.count("google_service_account.buildbucket.name") == 1
+    assert tf["output"]["buildbucket_account"]["value"] == (
+        "${google_service_account.buildbucket.email}"
+    )

@@ -24,6 +24,7 @@ MIN_SECRET_BYTES = 16
 
 _QUEUE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[^/]+$")
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
+_ACCOUNT = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,9 @@ class Config:
     timer_url: str | None = None  # SHEPHERD_TIMER_URL; see on_timer_url
     tasks_service_account: str | None = None  # SHEPHERD_TASKS_SERVICE_ACCOUNT
     topic: str | None = None  # SHEPHERD_TOPIC
+    # SHEPHERD_BUILDBUCKET_ACCOUNT: the service account every Buildbucket call is made as
+    # (impersonated); None: the application default credentials.
+    buildbucket_account: str | None = None
     log_retention_ns: int | None = None  # SHEPHERD_LOG_RETENTION (Firestore TTL on log chunks)
     oidc_certs_url: str = GOOGLE_CERTS_URL  # SHEPHERD_OIDC_CERTS_URL (tests)
     tasks_emulator_host: str | None = None  # CLOUD_TASKS_EMULATOR_HOST
@@ -74,6 +78,11 @@ class Config:
         topic = _env("SHEPHERD_TOPIC")
         if topic is not None and not _TOPIC.match(topic):
             raise ConfigError(f'SHEPHERD_TOPIC must be "projects/P/topics/T", not "{topic}"')
+        account = _env("SHEPHERD_BUILDBUCKET_ACCOUNT")
+        if account is not None and not _ACCOUNT.match(account):
+            raise ConfigError(
+                f'SHEPHERD_BUILDBUCKET_ACCOUNT must be a service account email, not "{account}"'
+            )
         state = _env("SHEPHERD_STATE")
         source = _env("SHEPHERD_FUNCTIONS_SOURCE")
         return cls(
@@ -85,6 +94,7 @@ class Config:
             timer_url=_url("SHEPHERD_TIMER_URL", _env("SHEPHERD_TIMER_URL")),
             tasks_service_account=_env("SHEPHERD_TASKS_SERVICE_ACCOUNT"),
             topic=topic,
+            buildbucket_account=account,
             log_retention_ns=_duration("SHEPHERD_LOG_RETENTION", _env("SHEPHERD_LOG_RETENTION")),
             oidc_certs_url=_url("SHEPHERD_OIDC_CERTS_URL", _env("SHEPHERD_OIDC_CERTS_URL"))
             or GOOGLE_CERTS_URL,

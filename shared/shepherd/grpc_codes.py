@@ -80,10 +80,12 @@ TRANSIENT = frozenset(
 class RpcError(Exception):
     """A failed pRPC call, printed as Go's status errors are."""
 
-    def __init__(self, code: Code, message: str) -> None:
+    def __init__(self, code: Code, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # For a refused caller: who called and which permission the call needs, on one line.
+        self.hint = hint
 
     @property
     def transient(self) -> bool:

@@ -71,7 +71,8 @@ class TimerQueue(Protocol):
 
 class NotificationTopic(Protocol):
     def prepare(self, manager: str, publisher: str) -> str:
-        """Makes sure `publisher` may publish to the topic; returns the topic's full name."""
+        """Makes sure the `publisher` account may publish to the topic; returns the topic's
+        full name."""
         ...
 
 
@@ -83,3 +84,7 @@ class BuildsAPI(Protocol):
     def get_build(self, server: str, build_id: str) -> dict[str, Any]: ...
 
     def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]: ...
+
+    def publisher_account(self, server: str) -> str:
+        """The service account the server publishes its notifications as."""
+        ...

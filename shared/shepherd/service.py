@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .adapters.buildbucket_prpc import PrpcBuildsClient
+from .adapters.buildbucket_prpc import ImpersonatedAccessToken, PrpcBuildsClient
 from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
 from .auth import OidcAuth, SharedTokenAuth, TimerAuth, timer_token
-from .clock import RealClock
+from .clock import Clock, RealClock
 from .config import Config, ConfigError, required
 from .durations import SECOND
 from .engine import Engine
@@ -136,6 +136,14 @@ def _google_cloud(
     return store, queue, _LazyTopic(lambda: _pubsub_topic(config))
 
 
+def _builds_client(config: Config, clock: Clock) -> PrpcBuildsClient:
+    """Buildbucket calls made as SHEPHERD_BUILDBUCKET_ACCOUNT when set (to https servers:
+    local http ones get no token), else as the function's own account."""
+    account = config.buildbucket_account
+    token = ImpersonatedAccessToken(account) if account else None
+    return PrpcBuildsClient(clock, token=token, token_over_http=False)
+
+
 def build_service(config: Config) -> Service:
     jobs_path = required(config.jobs, "SHEPHERD_JOBS")
     if config.project:
@@ -158,7 +166,7 @@ def build_service(config: Config) -> Service:
     rng = random.Random()
     engine = Engine(
         jobs=jobs,
-        kinds=make_kinds(PrpcBuildsClient(clock), rng),
+        kinds=make_kinds(_builds_client(config, clock), rng),
         store=store,
         queue=queue,
         topic=topic,

@@ -6,24 +6,14 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from ..model import QueuedTask
 
 
-def publisher_account(publisher: str) -> str:
-    """Who publishes for a server URL: App Engine apps as their default service account."""
-    parts = urlsplit(publisher)
-    host = parts.hostname or publisher
-    if host.endswith(".appspot.com"):
-        return host.removesuffix(".appspot.com") + "@appspot.gserviceaccount.com"
-    return f"{host}.{parts.port}" if parts.port else host
-
-
 def topic_name(app_id: str, manager: str, publisher: str) -> str:
-    """LUCI's naming: one topic per (task kind, publisher); '@' is not allowed in topic ids."""
-    account = publisher_account(publisher).replace("@", "~")
-    return f"projects/{app_id}/topics/scheduler.{manager}.{account}"
+    """LUCI's naming: one topic per (task kind, publisher account, as the build server names
+    it); '@' is not allowed in topic ids."""
+    return f"projects/{app_id}/topics/scheduler.{manager}.{publisher.replace('@', '~')}"
 
 
 class EmbeddedTopic:

@@ -1,7 +1,8 @@
 """The NotificationTopic port on Pub/Sub: one topic per deployment (SHEPHERD_TOPIC).
 
-Preparing it makes sure the topic exists and that the build server's service account may
-publish to it; done once per publisher and process, not once per invocation.
+Preparing it makes sure the topic exists and that the build server's service account (as the
+server names it) may publish to it; done once per publisher and process, not once per
+invocation.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import threading
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
-
-from .embedded import publisher_account
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ class PubSubTopic:
         self._lock = threading.Lock()
 
     def prepare(self, manager: str, publisher: str) -> str:
-        member = f"serviceAccount:{publisher_account(publisher)}"
+        member = f"serviceAccount:{publisher}"
         with self._lock:
             if member not in self._prepared:
                 self._ensure_topic()

@@ -84,8 +84,9 @@ class Controller(Protocol):
         ...
 
     def prepare_topic(self, publisher: str) -> tuple[str, str]:
-        """Returns (topic name, signed token that identifies this invocation). The publisher
-        must send the token back in each message, where `examine_notification` finds it."""
+        """Returns (topic name, signed token that identifies this invocation) for the
+        `publisher` service account. The publisher must send the token back in each message,
+        where `examine_notification` finds it."""
         ...
 
     def now_ns(self) -> int: ...

@@ -308,6 +308,12 @@ def invocation_status(build: dict[str, Any], debug_log: DebugLog) -> Status | No
     return Status.FAILED
 
 
+def _explain_refusal(ctl: Controller, error: RpcError) -> None:
+    """Who was refused and which permission it lacks, when the server refused the caller."""
+    if error.hint:
+        ctl.debug_log.write(LogKind.ERROR, error.hint)
+
+
 class BuildbucketKind:
     name: ClassVar[str] = "buildbucket"
     config_model: ClassVar[type[BuildbucketConfig]] = BuildbucketConfig
@@ -329,7 +335,7 @@ class BuildbucketKind:
         url = server_url(cfg.server)
         ctl.debug_log.write(LogKind.INFO, f"Preparing PubSub topic for {json.dumps(url)}")
         try:
-            topic, token = ctl.prepare_topic(url)
+            topic, token = ctl.prepare_topic(self._api.publisher_account(cfg.server))
         except Exception as e:
             ctl.debug_log.write(LogKind.ERROR, f"Failed to prepare PubSub topic - {e}")
             raise TransientError(f"failed to prepare PubSub topic - {e}") from e
@@ -346,6 +352,7 @@ class BuildbucketKind:
             ctl.debug_log.write(
                 LogKind.ERROR, f"Failed to schedule Buildbucket build - {e}", call=SCHEDULE_BUILD
             )
+            _explain_refusal(ctl, e)
             raise (TransientError if e.transient else TaskError)(str(e)) from e
         ctl.debug_log.write(
             LogKind.BUILD, "Scheduled build:\n" + json_block(build), call=SCHEDULE_BUILD
@@ -417,6 +424,7 @@ class BuildbucketKind:
         try:
             self._api.cancel_build(ctl.config.server, build_id, "Canceled via shepherd")
         except RpcError as e:
+            _explain_refusal(ctl, e)
             raise (TransientError if e.transient else TaskError)(str(e)) from e
 
     def _build_id(self, ctl: Controller) -> str:
@@ -475,6 +483,7 @@ class BuildbucketKind:
             build = self._api.get_build(ctl.config.server, build_id)
         except RpcError as e:
             ctl.debug_log.write(LogKind.ERROR, f"Failed to fetch build - {e}", call=GET_BUILD)
+            _explain_refusal(ctl, e)
             if e.transient:
                 raise TransientError(str(e)) from e
             ctl.status = Status.FAILED

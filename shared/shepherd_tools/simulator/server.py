@@ -36,12 +36,17 @@ Json = dict[str, Any]
 
 SERVICE = "buildbucket.v2.Builds"
 METHODS = ("ScheduleBuild", "GetBuild", "CancelBuild", "Batch")
+SERVER_INFO = "ServerInfo"  # the fault name of GET /auth/api/v1/server/info
 FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "INFRA_FAILURE", "CANCELED"})
 BUILDER_KEYS = ("project", "bucket", "builder")
 STATUS_NAMES = tuple(common_pb2.Status.keys())
 CALLER = "user:shepherd@localhost"
 XSSI_PREFIX = b")]}'\n"
-SERVER_INFO = {"app_id": "buildbucket-sim", "service_account_name": "buildbucket-sim@localhost"}
+# The account the simulator says it publishes as (/auth/api/v1/server/info): the public
+# instance's, as it stands in for cr-buildbucket.appspot.com in replays.
+DEFAULT_SERVICE_ACCOUNT = "cr-buildbucket@appspot.gserviceaccount.com"
+# Who answers a refused token without X-Prpc-Grpc-Code: a proxy or Google's front end.
+RAW_REFUSALS = {401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED}
 PUSH_TRIES = 5
 PUSH_BACKOFF_S = 0.2
 DEFAULT_SCRIPT = [
@@ -64,6 +69,7 @@ CONFIG_KEYS = frozenset(
         "start_ns",
         "first_build_id",
         "first_build_number",
+        "service_account",
     }
 )
 
@@ -87,6 +93,15 @@ class Fault:
     method: str
     code: Code
     times: int
+    http_status: int | None = None  # answered raw, without X-Prpc-Grpc-Code
+
+
+class RawHttpRefusal(RpcError):
+    """A fault answered as a proxy answers: an HTTP status and no gRPC code."""
+
+    def __init__(self, http_status: int) -> None:
+        super().__init__(RAW_REFUSALS[http_status], f"simulated HTTP {http_status}")
+        self.http_status = http_status
 
 
 @dataclass
@@ -104,6 +119,7 @@ class Config:
     start_ns: int
     first_build_id: int
     first_build_number: int
+    service_account: str
 
 
 def _get(raw: Json, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -154,6 +170,15 @@ def parse_config(raw: Any) -> Config:
         times = _get(item, "times", int, 1)
         if times < 0:
             raise ValueError(f"faults[{i}]: negative times")
+        http_status = _get(item, "http_status", int, None)
+        if http_status is not None:
+            if http_status not in RAW_REFUSALS or "code" in item:
+                raise ValueError(
+                    f"faults[{i}]: http_status is 401 or 403 (answered without a gRPC code), "
+                    "and takes no code"
+                )
+            faults.append(Fault(item["method"], RAW_REFUSALS[http_status], times, http_status))
+            continue
         faults.append(Fault(item["method"], Code.parse(item.get("code", "UNAVAILABLE")), times))
     drop = _get(raw, "drop_notifications", (int, float), 0)
     if not 0 <= drop <= 1:
@@ -166,6 +191,9 @@ def parse_config(raw: Any) -> Config:
     clock = _get(raw, "clock", str, "real")
     if clock not in ("real", "manual"):
         raise ValueError("config 'clock': must be 'real' or 'manual'")
+    service_account = _get(raw, "service_account", str, DEFAULT_SERVICE_ACCOUNT)
+    if service_account.count("@") != 1:
+        raise ValueError("config 'service_account': must be an email")
     latency_ns = parse_duration(_get(raw, "latency", str, "0s"))
     if latency_ns < 0:
         raise ValueError("config 'latency': negative duration")
@@ -183,6 +211,7 @@ def parse_config(raw: Any) -> Config:
         start_ns=_get(raw, "start_ns", int, 0),
         first_build_id=_get(raw, "first_build_id", int, 8809024803687588913),
         first_build_number=_get(raw, "first_build_number", int, 1),
+        service_account=service_account,
     )
 
 
@@ -309,6 +338,7 @@ class Simulator:
             self._rng = random.Random(config.seed)
             self._outbox: list[Json] = []
             self.calls: dict[str, int] = dict.fromkeys(METHODS, 0)
+            self.server_info_requests = 0
             self._lock.notify_all()
 
     def now_ns(self) -> int:
@@ -319,6 +349,15 @@ class Simulator:
         """The next `times` calls of `method` fail with `code`, on top of the configured faults."""
         with self._lock:
             self.config.faults.append(Fault(method, code, times))
+
+    def server_info(self) -> Json:
+        """LUCI's /auth/api/v1/server/info: who this server is and acts as. Fails as a
+        fault for the method "ServerInfo" says ("*" does not cover it)."""
+        with self._lock:
+            self.server_info_requests += 1
+            self._fault(SERVER_INFO)
+            account = self.config.service_account
+            return {"app_id": account.split("@")[0], "service_account_name": account}
 
     def builds_by_request(self) -> dict[str, str]:
         """requestId -> the id of the build it made."""
@@ -361,8 +400,11 @@ class Simulator:
 
     def _fault(self, method: str) -> None:
         for fault in self.config.faults:
-            if fault.times > 0 and fault.method in (method, "*"):
+            wildcard = "*" if method != SERVER_INFO else None
+            if fault.times > 0 and fault.method in (method, wildcard):
                 fault.times -= 1
+                if fault.http_status is not None:
+                    raise RawHttpRefusal(fault.http_status)
                 raise RpcError(fault.code, f"simulated {fault.code.name} fault")
 
     def _serve(self, method: str, request: Any) -> Message:
@@ -470,6 +512,7 @@ class Simulator:
                 "now_ns": now,
                 "next_event_ns": self.next_event_ns(),
                 "calls": dict(self.calls),
+                "server_info_requests": self.server_info_requests,
                 "builds": [b.to_json() for b in self._builds.values()],
             }
 
@@ -594,7 +637,10 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/sim/outbox":
             self._json(200, sim.take_outbox())
         elif path == "/auth/api/v1/server/info":
-            self._json(200, SERVER_INFO)
+            try:
+                self._json(200, sim.server_info())
+            except RpcError as e:
+                self._send(e.code.http_status, (e.message + "\n").encode(), "text/plain")
         else:
             self._send(404, b"not found\n", "text/plain")
 
@@ -626,6 +672,10 @@ class Handler(BaseHTTPRequestHandler):
                     "simulator reads application/json",
                 )
             response = sim.call(method, raw)
+        except RawHttpRefusal as e:
+            body = f"HTTP {e.http_status}: the token was refused\n".encode()
+            self._send(e.http_status, body, "text/plain")
+            return
         except RpcError as e:
             headers = {"X-Prpc-Grpc-Code": str(int(e.code))}
             self._send(e.code.http_status, (e.message + "\n").encode(), "text/plain", headers)
