@@ -9,14 +9,18 @@ LaunchTask), so a gitiles trigger's own buildset and gitiles_ref tags are popped
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf import json_format
 
 from shepherd.clock import VirtualClock
+from shepherd.config import ConfigError
 from shepherd.debuglog import DebugLog
+from shepherd.jobs import parse_jobs
 from shepherd.model import GitilesTrigger, IncomingTrigger, LogKind, TriggerRequest
 from shepherd.schemas import TriggerBody
 from shepherd.tasks.base import TaskError
@@ -30,7 +34,10 @@ from shepherd.tasks.buildbucket import (
     properties_and_tags,
     scheduler_property,
 )
+from shepherd.tasks.registry import CONFIG_MODELS
+from shepherd_tools.replay import load_scenario, replay
 from shepherd_tools.simulator import wire
+from shepherd_tools.simulator.control import SimulatorProcess
 from shepherd_tools.simulator.pb.buildbucket.proto import builds_service_pb2
 from shepherd_tools.simulator.server import Simulator
 
@@ -648,3 +655,44 @@ def test_build_status_names_as_luci_prints_them(
     unexpected = [f"Unexpected Build status {name}, marking the invocation as failed"]
     expected = unexpected if final == "FAILED" else []  # no FAILURE or INFRA_FAILURE here
     assert [e.text for e in debug_log.entries] == expected
+
+
+# --- end to end: a job outside chromium, replayed against the strict simulator ----------
+
+
+def test_a_launch_sends_the_property_buildbucket_accepts(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    seed = load_scenario("seed")
+    job = {**seed.jobs["jobs"][0], "bucket": "infra:ci"}
+    settings = {**seed.jobs["settings"], "hostname": "scheduler.example.com"}
+    scenario = dataclasses.replace(seed, jobs={"settings": settings, "jobs": [job]})
+    result = replay(scenario, tmp_path / "state.db", sim)
+    assert result.invocation.status.value == "SUCCEEDED"
+    assert result.simulator_calls["ScheduleBuild"] == 1
+    logged = result.log_text.split("Buildbucket request:\n", 1)[1].split("\n[", 1)[0]
+    sent = json.loads(logged)
+    assert sent["builder"]["project"] == "infra"
+    assert sent["properties"][SCHEDULER_PROPERTY] == {
+        "hostname": "scheduler.example.com",
+        "invocation": str(result.invocation.id),
+        "job": "chromium/Windows deterministic",
+        "triggers": [
+            {
+                "gitiles": {
+                    "ref": "refs/heads/main",
+                    "repo": REPO,
+                    "revision": REV,
+                    "tags": [BUILDSET, "gitiles_ref:refs/heads/main"],
+                },
+                "id": str(result.invocation.id),
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("hostname", ["https://x.example.com", "a b", "x/y"])
+def test_the_hostname_setting_must_be_a_host(hostname: str) -> None:
+    with pytest.raises(ConfigError, match="hostname"):
+        parse_jobs({"settings": {"hostname": hostname}}, "jobs.toml", CONFIG_MODELS)
+    assert parse_jobs({"settings": {"hostname": "s.example.com:8443"}}, "j", CONFIG_MODELS)
