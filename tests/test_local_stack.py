@@ -274,7 +274,7 @@ def test_request_id_starts_one_invocation(sim: SimulatorProcess, dev: DevProcess
         (
             "POST",
             "/trigger",
-            {"job": JOB, "gitiles": {"repo": "x"}},
+            {"job": JOB, "gitiles": {"repo": "https://chromium.googlesource.com/x"}},
             400,
             "gitiles.ref: Field required",
         ),

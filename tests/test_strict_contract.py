@@ -12,8 +12,10 @@ import httpx
 import pytest
 
 from localstack import BUILDSET, JOB, DevProcess
+from shepherd.clock import VirtualClock
+from shepherd.debuglog import DebugLog
 from shepherd.grpc_codes import Code, RpcError
-from shepherd.model import GitilesTrigger, TriggerRequest
+from shepherd.model import GitilesTrigger, IncomingTrigger, TriggerRequest
 from shepherd.tasks.buildbucket import BuildbucketConfig, build_schedule_request
 from shepherd_tools.simulator import validation, wire
 from shepherd_tools.simulator.control import SimulatorProcess
@@ -32,7 +34,12 @@ TOPIC = "projects/shepherd/topics/builds"
 def schedule_request(trigger: TriggerRequest) -> dict[str, Any]:
     cfg = BuildbucketConfig(server="cr-buildbucket.appspot.com", bucket="ci", builder="b")
     return build_schedule_request(
-        cfg, job_id=JOB, invocation_id=1, trigger=trigger, app_id="shepherd", log=lambda _: None
+        cfg,
+        job_id=JOB,
+        invocation_id=1,
+        triggers=[IncomingTrigger("1", trigger)],
+        app_id="shepherd",
+        debug_log=DebugLog(VirtualClock(0)),
     )
 
 
@@ -79,15 +86,23 @@ def test_buildset_with_gitiles_ref_runs_against_the_strict_simulator(dev: DevPro
     assert inv["build_id"]
 
 
-def test_gitiles_ref_in_the_trigger_does_not_rescue_a_buildset_without_one(
-    dev: DevProcess,
-) -> None:
-    # The tags win over `gitiles` (as in LUCI), so the commit would still have no ref.
+def test_a_gitiles_trigger_gives_any_buildset_tag_a_ref(dev: DevProcess) -> None:
+    # As LUCI's RequestBuilder does, a gitiles trigger's own buildset and gitiles_ref tags come
+    # before the given ones: the commit has the trigger's ref whatever buildset tag is added.
     gitiles = {"repo": REPO, "ref": "refs/heads/main", "revision": REV}
     body = {"job": JOB, "tags": [BUILDSET], "gitiles": gitiles}
-    assert dev.http.post(dev.url + "/trigger", json=body).status_code == 400
-    body["tags"] = []
-    assert dev.http.post(dev.url + "/trigger", json=body).status_code == 202
+    response = dev.http.post(dev.url + "/trigger", json=body)
+    assert response.status_code == 202, response.text
+    invocation_id = response.json()["invocation_id"]
+    inv = dev.wait_for(invocation_id, {"RUNNING", "SUCCEEDED", "FAILED"})
+    assert inv["status"] != "FAILED", dev.log_lines(invocation_id)
+
+
+def test_a_repo_the_launch_would_refuse_is_refused_at_trigger(dev: DevProcess) -> None:
+    gitiles = {"repo": "https://github.com/x/y", "ref": "refs/heads/main", "revision": REV}
+    response = dev.http.post(dev.url + "/trigger", json={"job": JOB, "gitiles": gitiles})
+    assert response.status_code == 400
+    assert "only .googlesource.com repos are supported" in response.json()["error"]
 
 
 # --- finding 2: refs are normalised as LUCI does ---------------------------------------
@@ -145,7 +160,9 @@ def test_the_simulator_cannot_decode_a_non_finite_number(
 
 def test_job_properties_must_be_finite() -> None:
     with pytest.raises(ValueError, match="NaN, Infinity"):
-        BuildbucketConfig(server="h.example.com", bucket="ci", builder="b", properties={"x": 1e400})
+        BuildbucketConfig.model_validate(
+            {"server": "h.example.com", "bucket": "ci", "builder": "b", "properties": {"x": 1e400}}
+        )
 
 
 @pytest.mark.parametrize("value", ["NaN", "1e400", "-Infinity", '{"a": [NaN]}', "9" * 400])

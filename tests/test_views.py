@@ -80,6 +80,9 @@ def test_openapi_does_not_import_web_and_functions_do_not_import_pydantic() -> N
     assert "from .web" not in open(source[0]).read()  # noqa: SIM115
 
 
+REPO = "https://chromium.googlesource.com/chromium/src"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -88,11 +91,12 @@ def test_openapi_does_not_import_web_and_functions_do_not_import_pydantic() -> N
         ({"job": "a/b", "tags": "a:b"}, "tags: Input should be a valid list"),
         ({"job": "a/b", "tags": [1]}, "tags.0: Input should be a valid string"),
         ({"job": "a/b", "tags": ["x"]}, 'tags: tag "x" must be "key:value"'),
-        ({"job": "a/b", "gitiles": {"repo": "x"}}, "gitiles.ref: Field required"),
+        ({"job": "a/b", "gitiles": {"repo": REPO}}, "gitiles.ref: Field required"),
         (
-            {"job": "a/b", "gitiles": {"repo": "x", "ref": "r", "revision": "v", "z": 1}},
+            {"job": "a/b", "gitiles": {"repo": REPO, "ref": "r", "revision": "v", "z": 1}},
             "gitiles.z",
         ),
+        ({"job": "a/b", "gitiles": {"repo": "x"}}, "gitiles.repo: only https scheme"),
         ({"job": "a/b", "surprise": 1}, "surprise: Extra inputs are not permitted"),
         ({"job": "a/b", "request_id": "x" * 201}, "request_id: String should have at most 200"),
         ({"job": "a/b", "properties": {"a": [[[]]] * 1, "b": 1}}, None),

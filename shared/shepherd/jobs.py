@@ -17,6 +17,9 @@ from .validation import Model, field
 
 _PROJECT = re.compile(r"^[a-z0-9_\-]+$")
 _JOB_NAME = re.compile(r"^[0-9A-Za-z_\-. ()]{1,100}$")
+_HOSTNAME = re.compile(
+    r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$"
+)
 
 
 def _duration(value: Any) -> int:
@@ -26,6 +29,12 @@ def _duration(value: Any) -> int:
     if ns < 0:
         raise ValueError("must not be negative")
     return ns
+
+
+def _hostname(value: str) -> str:
+    if value and not _HOSTNAME.match(value):
+        raise ValueError(f'"{value}" is not a host name such as "scheduler.example.com"')
+    return value
 
 
 class ConfigModel(Protocol):
@@ -46,6 +55,10 @@ class Settings(Model):
     # "shepherd": trust the build a notification carries and check every status_check_max;
     # "luci": a GetBuild per notification and checks at random delays in [min, max].
     status_policy: Literal["shepherd", "luci"] = "shepherd"
+    # The scheduler's host as builds see it (`hostname` in `$recipe_engine/scheduler`, where
+    # the recipes' scheduler module sends EmitTriggers); unset: left out, so recipes keep their
+    # default (luci-scheduler.appspot.com) rather than being sent to a host that is not ours.
+    hostname: str = field(default="", after=_hostname)
 
     def check(self) -> None:
         if self.status_check_min <= 0:

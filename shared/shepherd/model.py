@@ -65,6 +65,40 @@ class TriggerRequest:
         )
 
 
+@dataclass(frozen=True)
+class IncomingTrigger:
+    """One trigger an invocation is made of, as LUCI's public scheduler.Trigger
+    (scheduler/api/scheduler/v1/triggers.proto). Today an invocation has one: its request."""
+
+    id: str
+    request: TriggerRequest
+    title: str = ""
+    url: str = ""
+
+    @classmethod
+    def of(cls, request: TriggerRequest, invocation_id: int) -> IncomingTrigger:
+        """The trigger an invocation's request is: its request_id names it, else the
+        invocation (one trigger per invocation, so unique in its job)."""
+        return cls(request.request_id or str(invocation_id), request)
+
+    def to_json(self) -> dict[str, Any]:
+        """Its protojson, empty fields left out as LUCI's jsonpb does: a gitiles payload when
+        the request names a commit, else a buildbucket one (properties and tags)."""
+        out: dict[str, Any] = {
+            k: v for k, v in (("id", self.id), ("title", self.title), ("url", self.url)) if v
+        }
+        payload: dict[str, Any] = {}
+        if gitiles := self.request.gitiles:
+            fields = (("repo", gitiles.repo), ("ref", gitiles.ref), ("revision", gitiles.revision))
+            payload = {k: v for k, v in fields if v}
+        if self.request.properties:
+            payload["properties"] = self.request.properties
+        if self.request.tags:
+            payload["tags"] = list(self.request.tags)
+        out["gitiles" if self.request.gitiles else "buildbucket"] = payload
+        return out
+
+
 class LogKind(StrEnum):
     """What a debug-log entry records, set where it is written: readers (the page, the API,
     tooling) go by the kind, never by the wording of the text."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .model import GitilesTrigger, TriggerRequest, tag_key
-from .tasks.buildbucket import NOT_FINITE, finite_numbers, refless_buildset
+from .tasks.buildbucket import NOT_FINITE, finite_numbers, normalize_repo_url, refless_buildset
 from .validation import Model, field
 
 MAX_PROPERTY_DEPTH = 32
@@ -35,9 +35,14 @@ def _properties(properties: dict[str, Any]) -> dict[str, Any]:
     return properties
 
 
+def _repo(repo: str) -> str:
+    normalize_repo_url(repo)  # the launch would fail on it: refuse it here
+    return repo
+
+
 @dataclass(frozen=True)
 class GitilesBody(Model):
-    repo: str = field(minLength=1)
+    repo: str = field(minLength=1, after=_repo)
     ref: str = field(minLength=1)
     revision: str = field(minLength=1)
 
@@ -53,7 +58,9 @@ class TriggerBody(Model):
     request_id: str | None = field(default=None, minLength=1, maxLength=200)
 
     def check(self) -> None:
-        if (tag := refless_buildset(self.tags)) is not None:
+        # A gitiles trigger's own buildset and gitiles_ref tags come first (LUCI's
+        # RequestBuilder), so its commit always has a ref.
+        if self.gitiles is None and (tag := refless_buildset(self.tags)) is not None:
             raise ValueError(
                 f'"{tag}" makes a gitiles commit without a ref, which Buildbucket refuses: '
                 'add a "gitiles_ref:refs/heads/<branch>" tag, or leave the buildset tag out and '

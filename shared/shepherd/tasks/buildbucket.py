@@ -8,15 +8,15 @@ import math
 import random
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..debuglog import DebugLog, json_block
 from ..durations import SECOND
 from ..grpc_codes import RpcError
-from ..model import LogKind, PubSubMessage, Status, TriggerRequest, tag_key
+from ..model import IncomingTrigger, LogKind, PubSubMessage, Status, TriggerRequest, tag_key
 from ..ports import BuildsAPI
 from ..timestamps import parse_rfc3339
 from ..validation import Model, field
@@ -29,6 +29,10 @@ RESERVED_TAGS = ("scheduler_invocation_id", "scheduler_job_id", "user_agent")
 NOT_FINITE = "NaN, Infinity and numbers beyond a double are not JSON: Buildbucket refuses them"
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
 _BUILDSET = re.compile(r"^commit/gitiles/([^/]+)/(.+?)/\+/([a-f0-9]+)$")
+SCHEDULER_PROPERTY = "$recipe_engine/scheduler"
+# LUCI leaves the property out for these projects (crbug.com/981945, crbug.com/939368).
+_NO_SCHEDULER_PROPERTY = ("chromium", "chrome")
+MAX_TRIGGERS_IN_PROPERTY = 100  # as LUCI's maxTriggersAsSchedulerProperty (crbug.com/1006914)
 
 _STATUS_MAP = {
     "SUCCESS": Status.SUCCEEDED,
@@ -37,6 +41,45 @@ _STATUS_MAP = {
     "CANCELED": Status.ABORTED,
 }
 _ACTIVE = ("SCHEDULED", "STARTED")
+# buildbucket.v2.Status by number: protojson accepts an enum as its number too.
+_STATUS_NAMES = {
+    0: "STATUS_UNSPECIFIED",
+    1: "SCHEDULED",
+    2: "STARTED",
+    4: "ENDED_MASK",
+    12: "SUCCESS",
+    20: "FAILURE",
+    36: "INFRA_FAILURE",
+    68: "CANCELED",
+}
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+
+
+def go_quote(value: str) -> str:
+    """`value` as Go's %q (strconv.Quote) writes it, for LUCI's debug lines: printable
+    characters as they are (not JSON's \\u escapes), the others escaped as Go does."""
+    out = ['"']
+    for char in value:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char.isprintable():  # Unicode's letters, marks, numbers, punctuation, symbols, " "
+            out.append(char)
+        elif char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif (code := ord(char)) < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
 
 
 def _server(value: str) -> str:
@@ -106,18 +149,35 @@ def normalize_ref(ref: str) -> str:
 
 
 def normalize_repo_url(url: str) -> tuple[str, str]:
-    """(host, project) of a gitiles repository URL, as gitiles.NormalizeRepoURL accepts it."""
-    parts = urlsplit(url)
+    """(host, project) of a gitiles repository URL, refused as luci-go's gitiles.ParseRepoURL
+    refuses it (the LUCI Scheduler parses every repo URL with it)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise ValueError(f"invalid URL: {e}") from None
+    host, path = parts.netloc.rpartition("@")[2], unquote(parts.path)
     if parts.scheme != "https":
         raise ValueError("only https scheme is supported")
-    if not parts.hostname:
-        raise ValueError("host is not specified")
-    if parts.query or parts.fragment:
-        raise ValueError("query and fragment are not allowed")
-    path = parts.path.removeprefix("/a/").strip("/").removesuffix(".git").rstrip("/")
-    if not path:
-        raise ValueError("path to repo is empty")
-    return parts.hostname, path
+    if not host.endswith(".googlesource.com"):
+        raise ValueError("only .googlesource.com repos are supported")
+    if "+" in path:
+        raise ValueError("repo URL path must not contain +")
+    if not path.startswith("/"):
+        raise ValueError("repo URL path must start with a slash")
+    if path == "/":
+        raise ValueError("repo URL path must be not just a slash")
+    if parts.query:
+        raise ValueError("repo URL must not have query")
+    if parts.fragment:
+        raise ValueError("repo URL must not have fragment")
+    if path.startswith("/a/"):
+        path = path.removeprefix("/a")
+    return host, path.strip("/").removesuffix(".git")
+
+
+def gitiles_buildset(commit: GitilesCommit) -> str:
+    """The buildset tag value of a commit (protoutil.GitilesBuildSet)."""
+    return f"commit/gitiles/{commit.host}/{commit.project}/+/{commit.id}"
 
 
 def _commit_from_trigger(request: TriggerRequest) -> GitilesCommit | None:
@@ -127,7 +187,7 @@ def _commit_from_trigger(request: TriggerRequest) -> GitilesCommit | None:
         host, project = normalize_repo_url(request.gitiles.repo)
     except ValueError as e:
         raise TaskError(
-            f'failed to prepare gitiles_commit: bad repo URL "{request.gitiles.repo}": {e}'
+            f"failed to prepare gitiles_commit: bad repo URL {go_quote(request.gitiles.repo)}: {e}"
         ) from None
     # Buildbucket requires "refs/..." ("ref must match refs/.*"): "main" means refs/heads/main.
     ref = normalize_ref(request.gitiles.ref)
@@ -170,25 +230,24 @@ def _pop_commit_from_tags(
         key, _, value = tag.partition(":")
         if key == "gitiles_ref":
             if ref:
-                debug_log.write(LogKind.INFO, f"Ignoring extra gitiles_ref {json.dumps(ref)}")
+                debug_log.write(LogKind.INFO, f"Ignoring extra gitiles_ref {go_quote(ref)}")
             ref = normalize_ref(value)
         elif key == "buildset":
             if commit is not None:
-                debug_log.write(LogKind.INFO, f"Ignoring extra buildset tag {json.dumps(tag)}")
+                debug_log.write(LogKind.INFO, f"Ignoring extra buildset tag {go_quote(tag)}")
             elif m := _BUILDSET.match(value):
                 commit = GitilesCommit(m[1], m[2], m[3])
-                debug_log.write(LogKind.INFO, f"Popped buildset tag {json.dumps(tag)}")
+                debug_log.write(LogKind.INFO, f"Popped buildset tag {go_quote(tag)}")
             else:
-                debug_log.write(
-                    LogKind.INFO, f"Ignoring unrecognized buildset tag {json.dumps(tag)}"
-                )
+                debug_log.write(LogKind.INFO, f"Ignoring unrecognized buildset tag {go_quote(tag)}")
         else:
             kept.append(tag)
     tags[:] = kept
 
     if commit is not None:
         commit = GitilesCommit(commit.host, commit.project, commit.id, ref)
-    elif ref:
+    else:
+        # LUCI writes this line whenever no buildset tag names a commit, gitiles_ref or not.
         debug_log.write(LogKind.INFO, "Ignoring gitiles_ref tag without the buildset tag")
 
     def pop(key: str) -> str:
@@ -199,7 +258,7 @@ def _pop_commit_from_tags(
     if commit is None:
         for key, value in (("repository", repository), ("branch", branch), ("revision", revision)):
             if value:
-                quoted = json.dumps(value)
+                quoted = go_quote(value)
                 debug_log.write(
                     LogKind.INFO, f'No buildset tag present, ignoring property "{key}": {quoted}'
                 )
@@ -209,32 +268,32 @@ def _pop_commit_from_tags(
             host, project = normalize_repo_url(repository)
         except ValueError:
             debug_log.write(
-                LogKind.INFO, f'Ignoring invalid property "repository": {json.dumps(repository)}'
+                LogKind.INFO, f'Ignoring invalid property "repository": {go_quote(repository)}'
             )
         else:
             if host != commit.host:
                 debug_log.write(
                     LogKind.INFO,
-                    f"Git host in properties {json.dumps(host)} doesn't match "
-                    f"the one in tags {json.dumps(commit.host)}",
+                    f"Git host in properties {go_quote(host)} doesn't match "
+                    f"the one in tags {go_quote(commit.host)}",
                 )
             if project != commit.project:
                 debug_log.write(
                     LogKind.INFO,
-                    f"Git project in properties {json.dumps(project)} doesn't match "
-                    f"the one in tags {json.dumps(commit.project)}",
+                    f"Git project in properties {go_quote(project)} doesn't match "
+                    f"the one in tags {go_quote(commit.project)}",
                 )
     if branch and branch != commit.ref:
         debug_log.write(
             LogKind.INFO,
-            f"Git ref in properties {json.dumps(branch)} doesn't match "
-            f"the one in tags {json.dumps(commit.ref)}",
+            f"Git ref in properties {go_quote(branch)} doesn't match "
+            f"the one in tags {go_quote(commit.ref)}",
         )
     if revision and revision != commit.id:
         debug_log.write(
             LogKind.INFO,
-            f"Git commit in properties {json.dumps(revision)} doesn't match "
-            f"the one in tags {json.dumps(commit.id)}",
+            f"Git commit in properties {go_quote(revision)} doesn't match "
+            f"the one in tags {go_quote(commit.id)}",
         )
     return commit
 
@@ -246,25 +305,88 @@ def builder_id(cfg: BuildbucketConfig, job_id: str) -> dict[str, str]:
     return {"project": project, "bucket": bucket, "builder": cfg.builder}
 
 
+def properties_and_tags(trigger: TriggerRequest, debug_log: DebugLog) -> tuple[dict, list[str]]:
+    """The properties and tags a trigger brings (LUCI's policy.RequestBuilder): a gitiles
+    trigger adds its commit as the v1 properties and tags, which the request pops again."""
+    gitiles = trigger.gitiles
+    if gitiles is None:
+        return dict(trigger.properties), list(trigger.tags)
+    try:
+        host, project = normalize_repo_url(gitiles.repo)
+    except ValueError as e:
+        debug_log.write(LogKind.INFO, f"Bad repo URL {go_quote(gitiles.repo)} in the trigger - {e}")
+        return {}, []
+    derived = {"revision": gitiles.revision, "branch": gitiles.ref, "repository": gitiles.repo}
+    buildset = gitiles_buildset(GitilesCommit(host, project, gitiles.revision))
+    tags = [f"buildset:{buildset}", f"gitiles_ref:{gitiles.ref}", *trigger.tags]
+    return {**trigger.properties, **derived}, list(dict.fromkeys(tags))
+
+
+def scheduler_property(
+    *,
+    hostname: str,
+    job_id: str,
+    invocation_id: int,
+    triggers: Sequence[IncomingTrigger],
+    debug_log: DebugLog,
+) -> dict[str, Any]:
+    """`$recipe_engine/scheduler`, which the recipes' scheduler module reads: the invocation
+    and its triggers (the latest MAX_TRIGGERS_IN_PROPERTY of them, oldest first)."""
+    if len(triggers) > MAX_TRIGGERS_IN_PROPERTY:
+        debug_log.write(
+            LogKind.INFO,
+            f"Capping {len(triggers)} triggers passed to the build to just "
+            f"{MAX_TRIGGERS_IN_PROPERTY} latest ones",
+        )
+        triggers = triggers[-MAX_TRIGGERS_IN_PROPERTY:]
+    value: dict[str, Any] = {"hostname": hostname} if hostname else {}
+    value |= {
+        "job": job_id,
+        "invocation": str(invocation_id),
+        "triggers": [t.to_json() for t in triggers],
+    }
+    return value
+
+
+def _struct(value: Any) -> Any:
+    """A google.protobuf.Struct value with its keys sorted, as protojson writes maps."""
+    if isinstance(value, dict):
+        return {key: _struct(value[key]) for key in sorted(value)}
+    return [_struct(v) for v in value] if isinstance(value, list) else value
+
+
 def build_schedule_request(
     cfg: BuildbucketConfig,
     *,
     job_id: str,
     invocation_id: int,
-    trigger: TriggerRequest,
+    triggers: Sequence[IncomingTrigger],
     app_id: str,
     debug_log: DebugLog,
+    hostname: str = "",
 ) -> dict[str, Any]:
-    """The ScheduleBuild request, without `notify`; logs what LUCI logs on the way."""
+    """The ScheduleBuild request, without `notify`, made from the newest of the invocation's
+    triggers (the last); logs what LUCI logs on the way."""
+    trigger = triggers[-1].request if triggers else None
+    trigger_props, trigger_tags = properties_and_tags(trigger, debug_log) if trigger else ({}, [])
     tags = [
         f"scheduler_invocation_id:{invocation_id}",
         f"scheduler_job_id:{job_id}",
         f"user_agent:{app_id}",
         *cfg.tags,
-        *trigger.tags,
+        *trigger_tags,
     ]
-    props = {**cfg.properties, **trigger.properties}
-    commit = _commit_from_trigger(trigger)
+    props = {**cfg.properties, **trigger_props}
+    builder = builder_id(cfg, job_id)
+    if builder["project"] not in _NO_SCHEDULER_PROPERTY:
+        props[SCHEDULER_PROPERTY] = scheduler_property(
+            hostname=hostname,
+            job_id=job_id,
+            invocation_id=invocation_id,
+            triggers=triggers,
+            debug_log=debug_log,
+        )
+    commit = _commit_from_trigger(trigger) if trigger else None
     from_tags = _pop_commit_from_tags(debug_log, props, tags)
     if commit is None and from_tags is not None:
         debug_log.write(LogKind.INFO, "Reconstructed gitiles commit from tags")
@@ -283,8 +405,8 @@ def build_schedule_request(
             commit = from_tags
     out: dict[str, Any] = {
         "requestId": str(invocation_id),
-        "builder": builder_id(cfg, job_id),
-        "properties": props,
+        "builder": builder,
+        "properties": _struct(props),
     }
     if commit is not None:
         out["gitilesCommit"] = commit.to_json()
@@ -294,10 +416,21 @@ def build_schedule_request(
     return out
 
 
+def build_status(build: dict[str, Any]) -> str:
+    """A build's status by name, as LUCI prints it: protojson leaves the zero value out (and
+    reads null as it), so no status is STATUS_UNSPECIFIED; a number is its name, or itself
+    when buildbucket.v2.Status has no such value."""
+    status = build.get("status")
+    if status is None:
+        return "STATUS_UNSPECIFIED"
+    if isinstance(status, int) and not isinstance(status, bool):
+        return _STATUS_NAMES.get(status, str(status))
+    return str(status)
+
+
 def invocation_status(build: dict[str, Any], debug_log: DebugLog) -> Status | None:
     """The invocation status a build's status means; None while the build is active."""
-    # protojson leaves zero values out: a build without "status" is STATUS_UNSPECIFIED.
-    status = build.get("status", "STATUS_UNSPECIFIED")
+    status = build_status(build)
     if status in _ACTIVE:
         return None
     if status in _STATUS_MAP:
@@ -328,18 +461,20 @@ class BuildbucketKind:
             cfg,
             job_id=ctl.job_id,
             invocation_id=ctl.invocation_id,
-            trigger=ctl.request,
+            # One trigger per invocation for now; its request is the trigger.
+            triggers=[IncomingTrigger.of(ctl.request, ctl.invocation_id)],
             app_id=ctl.settings.app_id,
+            hostname=ctl.settings.hostname,
             debug_log=ctl.debug_log,
         )
         url = server_url(cfg.server)
-        ctl.debug_log.write(LogKind.INFO, f"Preparing PubSub topic for {json.dumps(url)}")
+        ctl.debug_log.write(LogKind.INFO, f"Preparing PubSub topic for {go_quote(url)}")
         try:
             topic, token = ctl.prepare_topic(self._api.publisher_account(cfg.server))
         except Exception as e:
             ctl.debug_log.write(LogKind.ERROR, f"Failed to prepare PubSub topic - {e}")
             raise TransientError(f"failed to prepare PubSub topic - {e}") from e
-        ctl.debug_log.write(LogKind.INFO, f"PubSub topic is {json.dumps(topic)}")
+        ctl.debug_log.write(LogKind.INFO, f"PubSub topic is {go_quote(topic)}")
         request["notify"] = {"pubsubTopic": topic}
         ctl.debug_log.write(LogKind.REQUEST, "Buildbucket request:\n" + json_block(request))
         # The token goes in only after the request was logged: it must not reach the log.
@@ -470,7 +605,7 @@ class BuildbucketKind:
             ctl.debug_log.write(LogKind.BUILD, "Build:\n" + json_block(build), call=call)
         else:
             ctl.debug_log.write(
-                LogKind.BUILD_STATUS, f"Build status: {build.get('status')}", call=call
+                LogKind.BUILD_STATUS, f"Build status: {build_status(build)}", call=call
             )
 
     def _check_status(self, ctl: Controller) -> None:
