@@ -31,6 +31,7 @@ from shepherd.tasks.buildbucket import (
     build_status,
     go_quote,
     invocation_status,
+    normalize_repo_url,
     properties_and_tags,
     scheduler_property,
 )
@@ -696,3 +697,23 @@ def test_the_hostname_setting_must_be_a_host(hostname: str) -> None:
     with pytest.raises(ConfigError, match="hostname"):
         parse_jobs({"settings": {"hostname": hostname}}, "jobs.toml", CONFIG_MODELS)
     assert parse_jobs({"settings": {"hostname": "s.example.com:8443"}}, "j", CONFIG_MODELS)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8123/chromium/src", ("127.0.0.1:8123", "chromium/src")),
+        ("http://localhost:9/p.git", ("localhost:9", "p")),
+        (
+            "https://chromium.googlesource.com/a/chromium/src.git",
+            ("chromium.googlesource.com", "chromium/src"),
+        ),
+    ],
+)
+def test_a_local_gitiles_is_a_repo_too(url: str, expected: tuple[str, str]) -> None:
+    assert normalize_repo_url(url) == expected
+
+
+def test_plain_http_is_only_for_a_local_gitiles() -> None:
+    with pytest.raises(ValueError, match="only https scheme is supported"):
+        normalize_repo_url("http://chromium.googlesource.com/chromium/src")

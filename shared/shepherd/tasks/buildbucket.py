@@ -148,17 +148,23 @@ def normalize_ref(ref: str) -> str:
     return "refs/heads/" + ref if ref and not ref.startswith("refs/") else ref
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def normalize_repo_url(url: str) -> tuple[str, str]:
     """(host, project) of a gitiles repository URL, refused as luci-go's gitiles.ParseRepoURL
-    refuses it (the LUCI Scheduler parses every repo URL with it)."""
+    refuses it (the LUCI Scheduler parses every repo URL with it). One addition, as for a
+    job's `server`: a local Gitiles at `http://HOST:PORT/project` (a loopback host), whose host
+    is then `HOST:PORT` (interfaces.md)."""
     try:
         parts = urlsplit(url)
     except ValueError as e:
         raise ValueError(f"invalid URL: {e}") from None
     host, path = parts.netloc.rpartition("@")[2], unquote(parts.path)
-    if parts.scheme != "https":
+    local = parts.scheme == "http" and parts.hostname in LOCAL_HOSTS
+    if parts.scheme != "https" and not local:
         raise ValueError("only https scheme is supported")
-    if not host.endswith(".googlesource.com"):
+    if not local and not host.endswith(".googlesource.com"):
         raise ValueError("only .googlesource.com repos are supported")
     if "+" in path:
         raise ValueError("repo URL path must not contain +")
