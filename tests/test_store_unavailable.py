@@ -19,14 +19,16 @@ import httpx
 import pytest
 
 from emulators import PROJECT, Emulator, TcpProxy, clear_firestore
-from localstack import JOB, LONG, SECRET, DevProcess, write_jobs
+from localstack import COMMIT_TAGS, JOB, LONG, SECRET, DevProcess, write_jobs
 from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
 from shepherd_tools.simulator.control import SimulatorProcess
 
 TIMER_HEADERS = {TIMER_TOKEN_HEADER: timer_token(SECRET.encode())}
-BUILDSET = "buildset:commit/gitiles/chromium.googlesource.com/chromium/src/+/" + "3" * 40
 SCHEDULED = re.compile(r'^Scheduling timer "(?P<title>[^"]+)" \((?P<id>[^)]+)\)')
+
+
+pytestmark = pytest.mark.stack
 
 
 def signed(invocation_id: str) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def signed(invocation_id: str) -> dict[str, Any]:
 
 
 def trigger(dev: DevProcess, request_id: str) -> httpx.Response:
-    body = {"job": JOB, "tags": [BUILDSET], "request_id": request_id}
+    body = {"job": JOB, "tags": COMMIT_TAGS, "request_id": request_id}
     return dev.http.post(dev.url + "/trigger", json=body)
 
 
