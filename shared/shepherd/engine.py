@@ -18,7 +18,7 @@ from typing import Any
 
 from .clock import Clock
 from .debuglog import DebugLog
-from .durations import SECOND, format_duration
+from .durations import MINUTE, SECOND, format_duration
 from .jobs import Job, JobsFile, Settings
 from .model import (
     Invocation,
@@ -37,7 +37,18 @@ from .tasks.base import TaskKind, TransientError
 logger = logging.getLogger(__name__)
 
 START_TASK = "start-invocation"
+ABORT_TIMER = "abort-invocation"  # the engine's own timer: retries a cancel that failed
 LAUNCH_RETRY_LIMIT = 50
+# LUCI's launch queue (scheduler/appengine/queue.yaml): min_backoff 5s, max_backoff 10m.
+RETRY_MIN_BACKOFF = 5 * SECOND
+RETRY_MAX_BACKOFF = 10 * MINUTE
+# Commits lost to another event before an abort or a start gives up with a 503.
+CONFLICT_RETRIES = 5
+
+
+def retry_delay(failures: int) -> int:
+    """The wait after `failures` failed tries: 5 s after the first, doubling, at most 10 min."""
+    return min(RETRY_MIN_BACKOFF << min(failures - 1, 20), RETRY_MAX_BACKOFF)
 
 
 class Outcome(StrEnum):
@@ -73,8 +84,16 @@ class _Controller:
         self.view_url = invocation.view_url
         self.task_data: dict[str, Any] = dict(invocation.task_data)
         self._pending = list(invocation.pending_timers)
+        self.abort_requested = invocation.abort_requested
+        self.next_attempt_ns = invocation.next_attempt_ns
         self.debug_log = DebugLog(engine.clock)
         self._timers: list[Timer] = []
+
+    def rebase(self, onto: Invocation) -> None:
+        """Commits this event's changes over `onto`, a newer version of the invocation."""
+        self.saved = onto
+        self._pending = list(onto.pending_timers)
+        self.abort_requested = self.abort_requested or onto.abort_requested
 
     @property
     def job_id(self) -> str:
@@ -141,6 +160,8 @@ class _Controller:
             view_url=self.view_url,
             task_data=dict(self.task_data),
             pending_timers=tuple(self._pending),
+            abort_requested=self.abort_requested,
+            next_attempt_ns=self.next_attempt_ns if self.status is Status.STARTING else None,
         )
         if after == before and not self.debug_log.entries and not self._timers:
             return
@@ -226,6 +247,8 @@ class Engine:
             and self.clock.now_ns() - inv.created_ns > timeout
         ):
             self._time_out(ctl, kind, timeout)
+        elif timer.title == ABORT_TIMER:
+            self._cancel(ctl, kind, failures=int((timer.payload or {}).get("failures", 1)))
         else:
             self._act(
                 ctl,
@@ -268,34 +291,42 @@ class Engine:
         return Outcome.HANDLED
 
     def abort(self, invocation_id: int, by: str = "user") -> Invocation:
-        inv = self.store.get(invocation_id)
-        if inv is None:
-            raise UnknownInvocation(invocation_id)
-        if inv.status.final:
-            raise InvocationFinished(f"invocation {invocation_id} already finished: {inv.status}")
-        if inv.status is Status.STARTING:
-            raise RetryLater("the invocation is still starting; abort it once it runs")
-        ctl, kind = self._controller(inv)
-        ctl.debug_log.write(LogKind.ABORT, f"Invocation was manually aborted by {by}")
-        try:
-            if kind is not None:
-                kind.abort(ctl)
-        except TransientError as e:
-            raise RetryLater(str(e)) from e
-        except Exception as e:
-            ctl.debug_log.write(LogKind.ERROR, f"Fatal error when aborting the invocation - {e}")
-        if not ctl.status.final:
-            ctl.status = Status.ABORTED
-        try:
-            self._commit(ctl)
-        except RetryLater:
-            # The cancelled build's own notification can finish the invocation first: the
-            # abort has then done what it was asked.
-            now = self.store.get(invocation_id)
-            if now is not None and now.status is Status.ABORTED:
-                return now
-            raise
-        return ctl.saved
+        """Aborts the invocation: final (ABORTED) once done; else the abort is recorded
+        (`abort_requested`) and completes on its own. While it is STARTING its launch is
+        skipped, or the build the launch made is cancelled; while the cancel fails
+        transiently, a timer tries it again. A repeated call changes nothing."""
+        for tries in range(CONFLICT_RETRIES):
+            inv = self.store.get(invocation_id)
+            if inv is None:
+                raise UnknownInvocation(invocation_id)
+            if inv.status.final:
+                if tries and inv.status is Status.ABORTED:
+                    # The cancelled build's own notification finished the invocation first: the
+                    # abort has then done what it was asked.
+                    return inv
+                raise InvocationFinished(
+                    f"invocation {invocation_id} already finished: {inv.status}"
+                )
+            if inv.abort_requested:
+                return inv
+            ctl, kind = self._controller(inv)
+            ctl.abort_requested = True
+            ctl.debug_log.write(LogKind.ABORT, f"Invocation was manually aborted by {by}")
+            if inv.status is Status.STARTING:
+                # A launch may be under way: it sees the request when it commits.
+                ctl.debug_log.write(
+                    LogKind.INFO,
+                    "The invocation is still starting: its launch will be skipped, "
+                    "or the task it launches cancelled",
+                )
+            else:
+                self._cancel(ctl, kind, failures=0)
+            try:
+                ctl.commit()
+            except ConflictError:
+                continue
+            return ctl.saved
+        raise RetryLater(f"invocation {invocation_id} kept changing under the abort")
 
     def recover(self) -> int:
         """Hands every pending timer and start of unfinished invocations to the queue again."""
@@ -357,7 +388,26 @@ class Engine:
             kind.abort(ctl)
         except Exception as e:
             ctl.debug_log.write(LogKind.ERROR, f"Failed to cancel the task - {e}")
-        ctl.status = Status.FAILED
+        ctl.status = Status.ABORTED if ctl.abort_requested else Status.FAILED
+
+    def _cancel(self, ctl: _Controller, kind: TaskKind | None, failures: int) -> None:
+        """Cancels the task of an aborted invocation, then ABORTED; while the cancel fails
+        transiently (`failures` times so far), a timer tries again with backoff, without end:
+        the abort was accepted, so it must complete."""
+        try:
+            if kind is not None:
+                kind.abort(ctl)
+        except TransientError as e:
+            delay = retry_delay(failures + 1)
+            ctl.debug_log.write(
+                LogKind.ERROR, f"Transient error when aborting the invocation, will retry - {e}"
+            )
+            ctl.add_timer(delay, ABORT_TIMER, {"failures": failures + 1})
+            return
+        except Exception as e:
+            ctl.debug_log.write(LogKind.ERROR, f"Fatal error when aborting the invocation - {e}")
+        if not ctl.status.final:
+            ctl.status = Status.ABORTED
 
     @staticmethod
     def _fail(ctl: _Controller, line: str) -> None:
@@ -370,23 +420,35 @@ class Engine:
         if prefix != f"{inv.job_id}:{inv.id}" or not number.isdigit():
             logger.warning("start task %r does not name invocation %d", tid, inv.id)
             return Outcome.IGNORED
-        attempt = int(number)
-        # attempt - 1: the normal case; attempt: that attempt died before it saved its end.
-        if inv.status is not Status.STARTING or inv.attempt not in (attempt - 1, attempt):
-            return Outcome.STALE
-        attempt = inv.attempt + 1
-        now = self.clock.now_ns()
-        starting = inv.evolve(
-            attempt=attempt,
-            mutation_count=inv.mutation_count + 1,
-            started_ns=inv.started_ns or now,
-        )
-        debug_log = DebugLog(self.clock)
-        debug_log.write(LogKind.STARTED, f"Starting the invocation (attempt {attempt})")
-        try:
-            self.store.commit(starting, inv.mutation_count, debug_log.take())
-        except ConflictError:
-            return Outcome.STALE  # a duplicate delivery of this start got there first
+        for _ in range(CONFLICT_RETRIES):
+            # attempt - 1: the normal case; attempt: that attempt died before it saved its end.
+            if inv.status is not Status.STARTING or inv.attempt not in (
+                int(number) - 1,
+                int(number),
+            ):
+                return Outcome.STALE
+            if inv.abort_requested and inv.attempt == 0:
+                return self._skip_launch(inv)
+            attempt = inv.attempt + 1
+            now = self.clock.now_ns()
+            starting = inv.evolve(
+                attempt=attempt,
+                mutation_count=inv.mutation_count + 1,
+                started_ns=inv.started_ns or now,
+                next_attempt_ns=None,
+            )
+            debug_log = DebugLog(self.clock)
+            debug_log.write(LogKind.STARTED, f"Starting the invocation (attempt {attempt})")
+            try:
+                self.store.commit(starting, inv.mutation_count, debug_log.take())
+                break
+            except ConflictError:
+                fresh = self.store.get(inv.id)
+                if fresh is None or fresh.attempt != inv.attempt:
+                    return Outcome.STALE  # a duplicate delivery of this start got there first
+                inv = fresh  # something else changed, an abort recorded: look again
+        else:
+            raise RetryLater(f"invocation {inv.id} kept changing under its start")
         ctl, kind = self._controller(starting)
         if kind is None:
             self._act(ctl, None, lambda k: None, "")  # fails it: the job is gone
@@ -407,10 +469,48 @@ class Engine:
         retrying = ctl.status is Status.STARTING and transient
         if retrying:
             ctl.debug_log.write(LogKind.RETRY, "The invocation will be retried")
+            ctl.next_attempt_ns = self.clock.now_ns() + retry_delay(attempt)
         elif ctl.status is Status.STARTING:
             self._fail(ctl, f"Failed to launch the task - {error}")
-        self._commit(ctl)
-        if retrying:
-            delay = min(2**attempt, 300) * SECOND
-            self.queue.schedule([self._start_task(ctl.saved, attempt + 1, now + delay)])
+        self._commit_launch(ctl, kind)
+        if ctl.saved.next_attempt_ns is not None:
+            eta = ctl.saved.next_attempt_ns
+            self.queue.schedule([self._start_task(ctl.saved, attempt + 1, eta)])
         return Outcome.HANDLED
+
+    def _skip_launch(self, inv: Invocation) -> Outcome:
+        """An abort came before any launch attempt began: nothing to launch or cancel."""
+        ctl, _ = self._controller(inv)
+        ctl.debug_log.write(LogKind.INFO, "Skipping the launch: the invocation was aborted")
+        ctl.status = Status.ABORTED
+        self._commit(ctl)
+        return Outcome.HANDLED
+
+    def _commit_launch(self, ctl: _Controller, kind: TaskKind) -> None:
+        """Commits a launch attempt. An abort recorded meanwhile (or before, if an earlier
+        attempt may have made the build) is carried out first: the build is cancelled."""
+        if ctl.abort_requested:
+            self._cancel_launched(ctl, kind)
+        try:
+            ctl.commit()
+            return
+        except ConflictError as e:
+            fresh = self.store.get(ctl.invocation_id)
+            if (
+                fresh is None
+                or not fresh.abort_requested
+                or ctl.abort_requested
+                or fresh.status is not Status.STARTING
+                or fresh.attempt != ctl.saved.attempt
+            ):
+                raise RetryLater(str(e)) from e
+            ctl.rebase(fresh)
+        self._cancel_launched(ctl, kind)
+        self._commit(ctl)
+
+    def _cancel_launched(self, ctl: _Controller, kind: TaskKind) -> None:
+        if ctl.status is Status.RUNNING:
+            ctl.debug_log.write(
+                LogKind.ABORT, "The invocation was aborted while it started: cancelling its task"
+            )
+            self._cancel(ctl, kind, failures=0)

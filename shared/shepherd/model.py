@@ -165,7 +165,11 @@ def timer_id(job_id: str, invocation_id: int, mutation_count: int, index: int) -
 
 @dataclass(frozen=True)
 class Invocation:
-    """One run of a job. `mutation_count` rises by one with every stored change."""
+    """One run of a job. `mutation_count` rises by one with every stored change.
+
+    `abort_requested`: an abort was accepted and completes on its own (the launch is skipped or
+    its build cancelled; a failed cancel is retried by a timer). `next_attempt_ns`: while a
+    launch waits for its retry, when the next attempt comes."""
 
     id: int
     job_id: str
@@ -179,6 +183,8 @@ class Invocation:
     view_url: str = ""
     task_data: dict[str, Any] = field(default_factory=dict)
     pending_timers: tuple[Timer, ...] = ()
+    abort_requested: bool = False
+    next_attempt_ns: int | None = None
 
     def evolve(self, **changes: Any) -> Invocation:
         return replace(self, **changes)
@@ -197,6 +203,8 @@ class Invocation:
             "view_url": self.view_url,
             "task_data": self.task_data,
             "pending_timers": [vars(t).copy() for t in self.pending_timers],
+            "abort_requested": self.abort_requested,
+            "next_attempt_ns": self.next_attempt_ns,
         }
 
     @classmethod
@@ -214,6 +222,9 @@ class Invocation:
             view_url=data["view_url"],
             task_data=dict(data["task_data"]),
             pending_timers=tuple(Timer(**t) for t in data["pending_timers"]),
+            # Absent from invocations stored before aborts and launch retries were recorded.
+            abort_requested=data.get("abort_requested", False),
+            next_attempt_ns=data.get("next_attempt_ns"),
         )
 
 

@@ -163,9 +163,15 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Cancel the build; the invocation ends ABORTED",
                     "parameters": [INVOCATION_ID],
-                    "responses": _responses(
-                        "200 aborted", _json(_ref(InvocationView)), 400, 404, 409
-                    ),
+                    "responses": {
+                        **_responses("200 aborted", _json(_ref(InvocationView)), 400, 404, 409),
+                        "202": {
+                            "description": "the abort is recorded (abort_requested) and "
+                            "completes on its own: the invocation is still starting, or "
+                            "cancelling its build failed transiently",
+                            "content": _json(_ref(InvocationView)),
+                        },
+                    },
                 }
             },
             "/api/jobs/{job}/invocations": {

@@ -55,6 +55,8 @@ class InvocationView:
     job: str
     status: Status
     attempt: int
+    next_attempt: str | None  # while the launch waits for its retry: when the next one comes
+    abort_requested: bool  # an abort was accepted and completes on its own
     build_id: str | None
     view_url: str | None
     created: str
@@ -122,6 +124,8 @@ def _invocation_fields(inv: Invocation) -> dict[str, Any]:
         "job": inv.job_id,
         "status": inv.status,
         "attempt": inv.attempt,
+        "next_attempt": _time(inv.next_attempt_ns),
+        "abort_requested": inv.abort_requested,
         "build_id": inv.task_data.get("build_id"),
         "view_url": inv.view_url or None,
         "created": format_rfc3339(inv.created_ns),

@@ -238,7 +238,8 @@ def api(request: Request) -> Response:
                 return _error(404, f"no invocation {invocation_id}")
             except InvocationFinished as e:
                 return _error(409, str(e))
-            return _answer(200, InvocationView.of(inv))
+            # 202: recorded, it completes on its own (see Engine.abort); never to be retried.
+            return _answer(200 if inv.status.final else 202, InvocationView.of(inv))
         _require(request, "GET")
         found = store.get(invocation_id)
         if found is None:

@@ -48,6 +48,14 @@ def _duration(inv: Invocation, now_ns: int) -> str:
     return text if inv.finished_ns is not None else f"{text} so far"
 
 
+def _attempt(inv: Invocation, now_ns: int) -> str:
+    """The launch attempt, and when the next comes while a retry waits."""
+    if inv.next_attempt_ns is None:
+        return str(inv.attempt)
+    wait = format_duration(max(inv.next_attempt_ns - now_ns, 0) // SECOND * SECOND)
+    return f"{inv.attempt}, next in {wait} ({format_rfc3339(inv.next_attempt_ns)})"
+
+
 def _page(title: str, body: str, refresh: bool) -> str:
     meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
     return (
@@ -211,12 +219,13 @@ def invocation_page(inv: Invocation, entries: Sequence[LogEntry], now_ns: int) -
         if inv.view_url
         else "—"
     )
+    abort = " (abort requested)" if inv.abort_requested and not inv.status.final else ""
     body = (
         f'<p><a href="./">all invocations</a></p><h1>{escape(inv.job_id)}</h1>'
         f"<table><tr><th>invocation</th><td>{inv.id}</td></tr>"
-        f"<tr><th>status</th><td>{_status(inv.status)}</td></tr>"
+        f"<tr><th>status</th><td>{_status(inv.status)}{abort}</td></tr>"
         f"<tr><th>duration</th><td>{escape(_duration(inv, now_ns))}</td></tr>"
-        f"<tr><th>attempt</th><td>{inv.attempt}</td></tr>"
+        f"<tr><th>attempt</th><td>{escape(_attempt(inv, now_ns))}</td></tr>"
         f"<tr><th>build</th><td>{task}</td></tr>"
         f'<tr><th>raw</th><td><a href="invocations/{inv.id}">JSON</a> · '
         f'<a href="invocations/{inv.id}/log">text log</a></td></tr></table>'

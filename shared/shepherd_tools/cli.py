@@ -308,9 +308,9 @@ def abort(
     trigger_url: TriggerUrl = None,
     api_url: ApiUrl = None,
 ) -> None:
-    """Abort a running invocation (cancels its build)."""
+    """Abort an invocation (cancels its build); once accepted it completes on its own."""
     inv = remote(url, trigger_url, api_url, lambda c: c.abort(invocation_id))
-    print(f"{inv.id} {inv.status}")
+    print(f"{inv.id} {inv.status if inv.status.final else 'abort requested'}")
 
 
 def main() -> None:
