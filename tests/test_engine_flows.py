@@ -13,8 +13,11 @@ from typing import Any
 import pytest
 
 from shepherd.adapters.sqlite_store import SqliteStore
+from shepherd.durations import SECOND
 from shepherd.engine import InvocationFinished, Outcome, RetryLater
-from shepherd.model import LogKind, PubSubMessage, Status
+from shepherd.model import Invocation, LogKind, PubSubMessage, Status
+from shepherd.timestamps import parse_rfc3339
+from shepherd.views import InvocationView, to_json
 from shepherd.webpage import marks
 from shepherd_tools.replay import ReplayResult, Scenario, VirtualStack, load_scenario, replay
 from shepherd_tools.simulator.control import SimulatorProcess
@@ -397,3 +400,157 @@ def test_a_refused_cancel_build_names_caller_and_permission(
         "permission buildbucket.builds.cancel in the build's bucket"
     ) in log
     assert stack.sim.state()["calls"]["CancelBuild"] == 1
+
+
+# --- aborts that always complete, launch retries that show --------------------------------
+
+
+def virtual_stack(sim: SimulatorProcess, tmp_path: Path, **simulator: Any) -> VirtualStack:
+    return VirtualStack(
+        scenario(script=[*SHORT, {"status": "SUCCESS"}], **simulator), tmp_path / "s.db", sim
+    )
+
+
+def test_an_abort_before_the_launch_skips_it(stack: VirtualStack) -> None:
+    invocation_id = stack.trigger().id
+    recorded = stack.engine.abort(invocation_id)
+    assert (recorded.status, recorded.abort_requested) == (Status.STARTING, True)
+    assert stack.engine.abort(invocation_id) == recorded, "a second abort changes nothing"
+    final = stack.run_until_final(invocation_id)
+    assert final.status is Status.ABORTED
+    assert stack.sim.state()["calls"]["ScheduleBuild"] == 0
+    assert stack.sim.state()["builds"] == []
+    log = [e.text for e in stack.store.read_log(invocation_id)]
+    assert "Invocation was manually aborted by user" in log
+    assert "Skipping the launch: the invocation was aborted" in log
+    assert not any(line.startswith("Starting the invocation") for line in log)
+    with pytest.raises(InvocationFinished):
+        stack.engine.abort(invocation_id)
+
+
+def test_an_abort_during_the_launch_cancels_the_build_it_made(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    stack = virtual_stack(sim, tmp_path)
+    schedule_build = stack.client.schedule_build
+    answers: list[Invocation] = []
+
+    def aborted_meanwhile(server: str, request: dict[str, Any]) -> dict[str, Any]:
+        build = schedule_build(server, request)
+        # The user aborts while the launch is between its ScheduleBuild and its commit.
+        answers.append(stack.engine.abort(int(request["requestId"])))
+        return build
+
+    stack.client.schedule_build = aborted_meanwhile  # type: ignore[method-assign]
+    try:
+        invocation_id = stack.trigger().id
+        final = stack.run_until_final(invocation_id)
+    finally:
+        stack.close()
+    assert [(a.status, a.abort_requested) for a in answers] == [(Status.STARTING, True)]
+    assert final.status is Status.ABORTED
+    calls = sim.state()["calls"]
+    assert (calls["ScheduleBuild"], calls["CancelBuild"]) == (1, 1)
+    assert [b["status"] for b in sim.state()["builds"]] == ["CANCELED"]
+    entries = stack.store.read_log(invocation_id)
+    cancel = next(e for e in entries if e.call == "CancelBuild")
+    assert cancel.text == "The invocation was aborted while it started: cancelling its task"
+    finished = [e.text for e in entries if e.kind is LogKind.FINISHED]
+    assert len(finished) == 1 and finished[0].endswith("with status ABORTED")
+
+
+def test_a_cancel_that_fails_transiently_is_retried_by_a_timer(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    failing = 7  # the client tries 3 times per attempt: two attempts fail, the third one with 1
+    stack = virtual_stack(
+        sim, tmp_path, faults=[{"method": "CancelBuild", "code": "UNAVAILABLE", "times": failing}]
+    )
+    try:
+        invocation_id = run_until_running(stack)
+        recorded = stack.engine.abort(invocation_id)
+        assert (recorded.status, recorded.abort_requested) == (Status.RUNNING, True)
+        assert stack.engine.abort(invocation_id) == recorded, "a second abort changes nothing"
+        final = stack.run_until_final(invocation_id)
+    finally:
+        stack.close()
+    assert final.status is Status.ABORTED
+    assert sim.state()["calls"]["CancelBuild"] == failing + 1, "one cancel went through"
+    assert [b["status"] for b in sim.state()["builds"]] == ["CANCELED"]
+    log = [e.text for e in stack.store.read_log(invocation_id)]
+    retries = [line for line in log if line.startswith('Scheduling timer "abort-invocation"')]
+    assert [line.rsplit(" after ", 1)[1] for line in retries] == ["5s", "10s"]
+    errors = [line for line in log if line.startswith("Transient error when aborting")]
+    assert len(errors) == 2 and "code = Unavailable" in errors[0]
+    assert sum(line.startswith("Invocation finished") for line in log) == 1
+
+
+def test_status_checks_during_a_failing_cancel_keep_the_abort(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    # Ten minutes of failing cancels: status checks (every 1-10 min) come meanwhile.
+    stack = virtual_stack(
+        sim, tmp_path, faults=[{"method": "CancelBuild", "code": "UNAVAILABLE", "times": 3 * 8}]
+    )
+    try:
+        invocation_id = run_until_running(stack)
+        stack.engine.abort(invocation_id)
+        seen_checks = 0
+        while (inv := stack.store.get(invocation_id)) and not inv.status.final:
+            assert inv.abort_requested
+            assert stack.step()
+        assert inv is not None
+        log = [e.text for e in stack.store.read_log(invocation_id)]
+        aborted_at = log.index("Invocation was manually aborted by user")
+        seen_checks = sum(
+            line.startswith('Handling timer "check-buildbucket-build-status"')
+            for line in log[aborted_at:]
+        )
+    finally:
+        stack.close()
+    assert inv.status is Status.ABORTED
+    assert seen_checks >= 1
+    assert [b["status"] for b in sim.state()["builds"]] == ["CANCELED"]
+
+
+def test_launch_retries_show_attempt_and_next_attempt_with_luci_backoff(
+    sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    failed_attempts = 10
+    stack = virtual_stack(
+        sim,
+        tmp_path,
+        faults=[{"method": "ScheduleBuild", "code": "UNAVAILABLE", "times": 3 * failed_attempts}],
+    )
+    waits: dict[int, int] = {}
+    try:
+        invocation_id = stack.trigger().id
+        while (inv := stack.store.get(invocation_id)) and inv.status is Status.STARTING:
+            if inv.next_attempt_ns is not None:
+                view = to_json(InvocationView.of(inv))
+                assert view["attempt"] == inv.attempt
+                assert parse_rfc3339(view["next_attempt"]) == inv.next_attempt_ns
+                retried = [
+                    e for e in stack.store.read_log(invocation_id) if e.kind is LogKind.RETRY
+                ][-1]
+                waits[inv.attempt] = inv.next_attempt_ns - retried.time_ns
+            assert stack.step()
+        final = stack.run_until_final(invocation_id)
+    finally:
+        stack.close()
+    assert waits == {
+        1: 5 * SECOND,
+        2: 10 * SECOND,
+        3: 20 * SECOND,
+        4: 40 * SECOND,
+        5: 80 * SECOND,
+        6: 160 * SECOND,
+        7: 320 * SECOND,
+        8: 600 * SECOND,
+        9: 600 * SECOND,
+        10: 600 * SECOND,
+    }
+    assert final.status is Status.SUCCEEDED and final.attempt == failed_attempts + 1
+    assert final.next_attempt_ns is None
+    assert to_json(InvocationView.of(final))["next_attempt"] is None
+    assert len(sim.state()["builds"]) == 1
