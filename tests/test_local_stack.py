@@ -223,6 +223,38 @@ def test_abort_cancels_the_build(sim: SimulatorProcess, dev: DevProcess) -> None
     assert dev.log_lines(invocation_id) == lines
 
 
+def test_an_abort_while_the_launch_retries_is_accepted_and_completes(
+    sim: SimulatorProcess, dev: DevProcess
+) -> None:
+    # The first launch attempt fails (three tries in the client); the next comes 5 s later.
+    configure(
+        sim,
+        dev,
+        script=LONG,
+        faults=[{"method": "ScheduleBuild", "code": "UNAVAILABLE", "times": 3}],
+    )
+    invocation_id = dev.trigger()
+    deadline = time.monotonic() + 30
+    while (inv := dev.invocation(invocation_id))["next_attempt"] is None:
+        assert inv["status"] == "STARTING" and time.monotonic() < deadline, inv
+        time.sleep(0.1)
+    assert inv["attempt"] == 1
+    abort_url = f"{dev.url}/api/invocations/{invocation_id}/abort"
+    for _ in range(2):  # a repeated abort is harmless
+        response = dev.http.post(abort_url)
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "STARTING" and response.json()["abort_requested"]
+    final = dev.wait_for(invocation_id, {"ABORTED", "SUCCEEDED", "FAILED"})
+    assert final["status"] == "ABORTED" and final["next_attempt"] is None
+    state = sim.state()
+    # An attempt had begun, so a build may exist under the requestId: the next attempt makes
+    # (or finds) it and cancels it at once.
+    assert (state["calls"]["ScheduleBuild"], state["calls"]["CancelBuild"]) == (4, 1)
+    assert [b["status"] for b in state["builds"]] == ["CANCELED"]
+    again = dev.http.post(abort_url)
+    assert again.status_code == 409 and "already finished" in again.json()["error"]
+
+
 def test_schedule_build_unavailable_twice_makes_one_build(
     sim: SimulatorProcess, dev: DevProcess
 ) -> None:

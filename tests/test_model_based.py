@@ -37,7 +37,15 @@ from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import Engine, InvocationFinished, RetryLater
 from shepherd.grpc_codes import Code
 from shepherd.jobs import parse_jobs
-from shepherd.model import Invocation, LogEntry, PubSubMessage, QueuedTask, Status, TriggerRequest
+from shepherd.model import (
+    Invocation,
+    LogEntry,
+    LogKind,
+    PubSubMessage,
+    QueuedTask,
+    Status,
+    TriggerRequest,
+)
 from shepherd.signing import TokenSigner
 from shepherd.tasks.registry import CONFIG_MODELS, make_kinds
 from shepherd_tools.simulator.server import Simulator
@@ -160,6 +168,8 @@ class EngineMachine(RuleBasedStateMachine):
         self.inbox: list[PubSubMessage] = []
         self.invocations: list[int] = []
         self.seen: dict[int, tuple[int, list[LogEntry]]] = {}
+        self.aborted: set[int] = set()  # an abort was accepted (200 or 202)
+        self.aborted_unlaunched: set[int] = set()  # ... before any launch attempt began
         self.deliveries = 0
 
     def teardown(self) -> None:
@@ -273,7 +283,12 @@ class EngineMachine(RuleBasedStateMachine):
     def abort(self, data: st.DataObject) -> None:
         target = data.draw(st.sampled_from(self.invocations))
         with contextlib.suppress(InvocationFinished, RetryLater, Crash):
-            self.engine.abort(target)
+            answer = self.engine.abort(target)
+            # Accepted whatever the state, STARTING included: it must complete on its own.
+            assert answer.status.final or answer.abort_requested
+            self.aborted.add(target)
+            if answer.status is Status.STARTING and answer.attempt == 0:
+                self.aborted_unlaunched.add(target)
 
     @rule()
     def crash_in_the_next_handler(self) -> None:
@@ -316,6 +331,17 @@ class EngineMachine(RuleBasedStateMachine):
                 assert sim_builds[build_id]["status"] == seen_status
             if inv.status.final:
                 assert sum(e.text.startswith("Invocation finished") for e in log) == 1
+            if invocation_id in self.aborted_unlaunched:
+                assert str(invocation_id) not in builds, "an abort before the launch skips it"
+            if invocation_id in self.aborted and not inv.status.final:
+                assert inv.abort_requested, "an accepted abort is never lost"
+            if invocation_id in self.aborted and inv.status.final:
+                # ABORTED, unless the build finished first or a fatal error ended it first.
+                assert (
+                    inv.status is Status.ABORTED
+                    or finals
+                    or any(e.kind is LogKind.ERROR for e in log)
+                ), inv.status
 
 
 class FirestoreEngineMachine(EngineMachine):
