@@ -31,11 +31,11 @@ JOB_FIELD = "shepherd.job"
 INVOCATION_FIELD = "shepherd.invocation"
 
 # W3C Trace Context: version-trace-parent-flags; version ff and all-zero ids are invalid.
-_TRACEPARENT = re.compile(
+_TRACEPARENT = (
     r"^(?!ff)[0-9a-f]{2}-(?!0{32})([0-9a-f]{32})-(?!0{16})([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$"
 )
 # Google's legacy header: TRACE_ID[/SPAN_ID][;o=OPTIONS], the span id in decimal.
-_CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([0-9]+))?$")
+_CLOUD_TRACE = r"^([0-9a-fA-F]{32})(?:/([0-9]{1,20}))?(?:;o=([0-9]+))?$"
 _UINT64_MAX = 2**64 - 1
 
 
@@ -60,11 +60,11 @@ _context: ContextVar[LogContext | None] = ContextVar("shepherd_log_context", def
 def parse_trace(headers: Mapping[str, str]) -> Trace | None:
     """The request's trace: `traceparent` first (as Google's own logging library), then
     `X-Cloud-Trace-Context`. A malformed header is ignored."""
-    match = _TRACEPARENT.match(headers.get("traceparent", "").strip())
+    match = re.match(_TRACEPARENT, headers.get("traceparent", "").strip())
     if match:
         trace_id, span_id, flags, _ = match.groups()
         return Trace(trace_id, span_id, bool(int(flags, 16) & 1))
-    match = _CLOUD_TRACE.match(headers.get("X-Cloud-Trace-Context", "").strip())
+    match = re.match(_CLOUD_TRACE, headers.get("X-Cloud-Trace-Context", "").strip())
     if match:
         trace_id, span, options = match.groups()
         span_id = None
