@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .auth import GOOGLE_CERTS_URL
 from .durations import parse_duration
+from .logs import FORMATS, JSON, TEXT
 
 DEFAULT_STATE = ".shepherd/state.db"
 DEFAULT_TIMER_URL = "http://127.0.0.1:8080/on-timer"
@@ -52,6 +53,9 @@ class Config:
     # retries) before the function answers 503; None: the store's default.
     store_timeout_ns: int | None = None
     functions_source: Path | None = None  # SHEPHERD_FUNCTIONS_SOURCE (`shepherd dev`, package)
+    # SHEPHERD_LOG_FORMAT: "json" (Cloud Logging's structured lines) or "text"; by default JSON
+    # where Cloud Run or Cloud Functions serve (K_SERVICE is set), text elsewhere.
+    log_format: str = TEXT
 
     @property
     def on_timer_url(self) -> str:
@@ -83,6 +87,9 @@ class Config:
             raise ConfigError(
                 f'SHEPHERD_BUILDBUCKET_ACCOUNT must be a service account email, not "{account}"'
             )
+        log_format = _env("SHEPHERD_LOG_FORMAT") or (JSON if _env("K_SERVICE") else TEXT)
+        if log_format not in FORMATS:
+            raise ConfigError(f'SHEPHERD_LOG_FORMAT must be "json" or "text", not "{log_format}"')
         state = _env("SHEPHERD_STATE")
         source = _env("SHEPHERD_FUNCTIONS_SOURCE")
         return cls(
@@ -102,6 +109,7 @@ class Config:
             pubsub_emulator=bool(_env("PUBSUB_EMULATOR_HOST")),
             store_timeout_ns=_duration("SHEPHERD_STORE_TIMEOUT", _env("SHEPHERD_STORE_TIMEOUT")),
             functions_source=Path(source) if source else None,
+            log_format=log_format,
         )
 
 

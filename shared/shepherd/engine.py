@@ -20,6 +20,7 @@ from .clock import Clock
 from .debuglog import DebugLog
 from .durations import MINUTE, SECOND, format_duration
 from .jobs import Job, JobsFile, Settings
+from .logs import bind_invocation
 from .model import (
     Invocation,
     LogKind,
@@ -217,6 +218,7 @@ class Engine:
         debug_log = DebugLog(self.clock)
         debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
         inv = self.store.create(fresh, debug_log.take())
+        bind_invocation(inv.job_id, inv.id)
         if inv.status is Status.STARTING and inv.attempt == 0:
             # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
             self.queue.schedule([self._start_task(inv, attempt=1, eta_ns=now)])
@@ -228,6 +230,7 @@ class Engine:
         if inv is None:
             logger.warning("task %s for unknown invocation %d", tid, invocation_id)
             return Outcome.IGNORED
+        bind_invocation(inv.job_id, inv.id)
         if name == START_TASK:
             return self._start(inv, tid)
         if inv.status.final:
@@ -275,6 +278,7 @@ class Engine:
         if inv is None or inv.job_id != job_id:
             logger.warning("notification %s for unknown invocation", message.message_id)
             return Outcome.IGNORED
+        bind_invocation(inv.job_id, inv.id)
         if inv.status.final:
             return Outcome.STALE
         if inv.status is Status.STARTING:
@@ -299,6 +303,7 @@ class Engine:
             inv = self.store.get(invocation_id)
             if inv is None:
                 raise UnknownInvocation(invocation_id)
+            bind_invocation(inv.job_id, inv.id)
             if inv.status.final:
                 if tries and inv.status is Status.ABORTED:
                     # The cancelled build's own notification finished the invocation first: the

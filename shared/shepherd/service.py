@@ -24,6 +24,7 @@ from .config import Config, ConfigError, required
 from .durations import SECOND
 from .engine import Engine
 from .jobs import JobsFile, load_jobs
+from .logs import configure as configure_logs
 from .model import QueuedTask
 from .ports import NotificationTopic, Store, TimerQueue
 from .signing import NoKeySigner, Signer, TokenSigner, load_or_create_key
@@ -145,6 +146,7 @@ def _builds_client(config: Config, clock: Clock) -> PrpcBuildsClient:
 
 
 def build_service(config: Config) -> Service:
+    configure_logs(config.log_format, config.project)
     jobs_path = required(config.jobs, "SHEPHERD_JOBS")
     if config.project:
         # Refused at start, not at first use.

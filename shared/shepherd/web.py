@@ -14,12 +14,14 @@ from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
 
-from flask import Request, Response
+from flask import Request, Response, has_request_context
+from flask import request as current_request
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
 from .debuglog import format_log
 from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
+from .logs import request_scope
 from .model import PubSubMessage
 from .ports import Unavailable
 from .schemas import PushedMessage, TimerBody, TriggerBody
@@ -105,6 +107,17 @@ def _guarded(handler: Callable[[Request], Response]) -> Callable[[Request], Resp
             logger.exception("%s failed", handler.__name__)
             return _error(500, "internal error; the request changed nothing it could not redo")
 
+    return _traced(run)
+
+
+def _traced(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """What the function logs carries the request's trace (and the invocation, once known)."""
+
+    @wraps(handler)
+    def run(request: Request) -> Response:
+        with request_scope(request.headers):
+            return handler(request)
+
     return run
 
 
@@ -145,6 +158,7 @@ def trigger(request: Request) -> Response:
         inv = get_service().engine.trigger(body.to_request())
     except UnknownJob:
         return _error(404, f'unknown job "{body.job}"')
+    logger.info("triggered invocation %d of %s", inv.id, inv.job_id)
     return _answer(202, Triggered(str(inv.id), f"/api/invocations/{inv.id}"))
 
 
@@ -162,6 +176,7 @@ def on_timer(request: Request) -> Response:
     body = TimerBody.model_validate(_body(request))
     engine = service.engine
     outcome = engine.handle_task(_invocation_id(body.invocation_id), body.timer_id, body.name)
+    logger.info("task %s: %s", body.timer_id, outcome.value)
     return _answer(200, TimerHandled(outcome.value))
 
 
@@ -188,6 +203,11 @@ def pubsub_message(event: CloudEvent) -> PubSubMessage | None:
 
 def on_build_notification(event: CloudEvent) -> None:
     """Acknowledges (2xx) whatever cannot be used; 503 only to be delivered again later."""
+    with request_scope(current_request.headers if has_request_context() else {}):
+        _notified(event)
+
+
+def _notified(event: CloudEvent) -> None:
     message = pubsub_message(event)
     if message is None:
         return
