@@ -165,7 +165,10 @@ def timer_id(job_id: str, invocation_id: int, mutation_count: int, index: int) -
 
 @dataclass(frozen=True)
 class Invocation:
-    """One run of a job. `mutation_count` rises by one with every stored change."""
+    """One run of a job. `mutation_count` rises by one with every stored change.
+
+    `next_check_ns` is when the invocation next needs the queue (its earliest timer, its start,
+    or its timeout), None once final: stores index it for the reconciling sweep."""
 
     id: int
     job_id: str
@@ -179,6 +182,7 @@ class Invocation:
     view_url: str = ""
     task_data: dict[str, Any] = field(default_factory=dict)
     pending_timers: tuple[Timer, ...] = ()
+    next_check_ns: int | None = None
 
     def evolve(self, **changes: Any) -> Invocation:
         return replace(self, **changes)
@@ -197,6 +201,7 @@ class Invocation:
             "view_url": self.view_url,
             "task_data": self.task_data,
             "pending_timers": [vars(t).copy() for t in self.pending_timers],
+            "next_check_ns": self.next_check_ns,
         }
 
     @classmethod
@@ -214,6 +219,7 @@ class Invocation:
             view_url=data["view_url"],
             task_data=dict(data["task_data"]),
             pending_timers=tuple(Timer(**t) for t in data["pending_timers"]),
+            next_check_ns=data.get("next_check_ns"),
         )
 
 
