@@ -260,3 +260,12 @@ def test_a_lost_check_of_a_real_build_is_found_and_the_build_is_one(
         assert sim.state()["calls"]["ScheduleBuild"] == 1
     finally:
         stack.close()
+
+
+def test_the_scheduler_function_sweeps_and_says_what_it_did(dev: Any) -> None:
+    """`shepherd dev` with no scheduled job: the tick still answers with the sweep's counts."""
+    answer = dev.http.post(dev.url + "/scheduler")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["results"] == []
+    assert body["sweep"] == {"overdue": 0, "timers": 0, "starts": 0, "timeouts": 0, "conflicts": 0}
