@@ -45,7 +45,7 @@ POLICIES = ("luci", "shepherd")
 DURATIONS_H = (1, 6, 12)
 DROPS = (0.0, 0.5, 1.0)
 SEEDS = (1, 2, 3)
-STEPS = ("calls", "store_ops", "cold_start", "throughput", "replay")
+STEPS = ("calls", "store_ops", "cold_start", "throughput", "replay", "sweep")
 
 
 def scenario(policy: str, hours: float, drop: float, seed: int) -> Any:
@@ -414,6 +414,60 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+# --- 6. The reconciling sweep ---------------------------------------------------------
+
+
+def sweep_cost(
+    workdir: Path, stored: int = 1000, overdue: int = 10, runs: int = 20
+) -> dict[str, Any]:
+    """One scheduler tick's sweep over `stored` running invocations of which `overdue` lost
+    their timer: its store queries and reads, and its time, beside a scan of every active one."""
+    from kinds import sleep_engine
+    from shepherd.engine import SWEEP_MARGIN_NS
+    from shepherd.model import Invocation, Status, Timer, TriggerRequest
+
+    engine, clock, queue = sleep_engine(workdir / "sweep", 0, seconds=600)
+    store = engine.store
+    now = 10 * HOUR
+    for n in range(stored):
+        late = n < overdue
+        eta = now - 5 * SWEEP_MARGIN_NS if late else now + HOUR
+        inv = Invocation(
+            id=n + 1,
+            job_id="infra/nap",
+            request=TriggerRequest(job_id="infra/nap"),
+            status=Status.RUNNING,
+            created_ns=now - HOUR,
+            pending_timers=(Timer(f"infra/nap:{n + 1}:1:0", "wake-up", 0, eta),),
+        )
+        store.create(inv.evolve(next_check_ns=engine.next_check_ns(inv)), [])
+    clock.advance_to(now)
+    stats: StoreStats = store.stats  # type: ignore[attr-defined]
+    times, scans = [], []
+    for _ in range(runs):
+        before = dataclasses.replace(stats)
+        t0 = time.perf_counter()
+        result = engine.sweep(now)
+        times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        active = store.list_active()
+        scans.append(time.perf_counter() - t0)
+    handed = len(queue.pop_due(now))
+    return {
+        "stored": stored,
+        "overdue": overdue,
+        "found_per_tick": result.overdue,
+        "timers_handed_per_tick": result.timers,
+        "queries_per_tick": (stats.queries - before.queries),
+        "reads_per_tick": stats.reads - before.reads,
+        "writes_per_tick": stats.writes - before.writes,
+        "timers_delivered": handed,
+        "tick_ms_median": statistics.median(times) * 1000,
+        "full_scan_rows": len(active),
+        "full_scan_ms_median": statistics.median(scans) * 1000,
+    }
+
+
 # --- 5. Virtual-time replay of the seed --------------------------------------------------
 
 
@@ -590,6 +644,16 @@ def markdown(results: dict[str, Any]) -> str:
             "goal < 2 s",
         )
     )
+    sw = results["sweep"]
+    lines.append(
+        _row(
+            f"sweep per tick, {sw['stored']} running invocations, {sw['overdue']} overdue: "
+            f"{sw['queries_per_tick']} query, {sw['reads_per_tick']} reads",
+            f"{sw['tick_ms_median']:.1f} ms",
+            f"scan of all {sw['full_scan_rows']}: {sw['full_scan_ms_median']:.1f} ms",
+            f"{sw['tick_ms_median'] / sw['full_scan_ms_median']:.2f}",
+        )
+    )
     cost = results["cost"]
     lines.append(
         _row(
@@ -624,6 +688,7 @@ def main() -> None:
             "cold_start": lambda: cold_start(sim, workdir),
             "throughput": lambda: throughput(sim, workdir),
             "replay": lambda: replay_wall_time(workdir),
+            "sweep": lambda: sweep_cost(workdir),
         }
         for name, step in steps.items():
             if only and name != only:

@@ -1,5 +1,6 @@
-# Cron schedules: Cloud Scheduler calls the scheduler function every minute; each tick
-# triggers the due jobs once (a second call in the same minute is a no-op).
+# The tick: Cloud Scheduler calls the scheduler function every minute; each tick triggers the
+# due jobs once (a second call in the same minute is a no-op), then sweeps: it hands again the
+# checks and starts the queue lost, and times out invocations past invocation_timeout.
 resource "google_service_account" "scheduler_invoker" {
   account_id   = "shepherd-scheduler-invoker"
   display_name = "Cloud Scheduler calling shepherd's scheduler"

@@ -9,12 +9,13 @@ resource "google_cloud_tasks_queue" "status_checks" {
   }
 
   # The handler answers 5xx only for transient trouble (a lost race, a still-starting
-  # invocation): retry soon, then back off, as the local stack's queue does.
+  # invocation, Buildbucket or the store down): retry soon, then back off up to the default
+  # status_check_max, and never give up, as LUCI's timer queue (shepherd/queue_policy.py).
   retry_config {
     max_attempts  = var.status_checks_max_attempts
     min_backoff   = "0.1s"
-    max_backoff   = "10s"
-    max_doublings = 7
+    max_backoff   = "600s"
+    max_doublings = 13
   }
 
   stackdriver_logging_config {

@@ -58,11 +58,11 @@ variable "api_invokers" {
 
 variable "status_checks_max_attempts" {
   type        = number
-  description = "How many times Cloud Tasks delivers one status check before giving up."
-  default     = 100
+  description = "How many times Cloud Tasks delivers one status check before giving up; -1: never gives up (the default, as LUCI's timer queue)."
+  default     = -1
   validation {
-    condition     = var.status_checks_max_attempts >= 5 && var.status_checks_max_attempts <= 1000
-    error_message = "Between 5 and 1000: the handler answers 5xx only for transient trouble."
+    condition     = var.status_checks_max_attempts == -1 || var.status_checks_max_attempts >= 100
+    error_message = "-1 (unlimited) or at least 100: a check given up leaves its invocation to the sweep alone."
   }
 }
 

@@ -234,3 +234,42 @@ def test_old_firestore_chunks_read_as_info(firestore_emulator: Emulator) -> None
         LogEntry(2, "written before kinds", LogKind.INFO),
     ]
     client.close()
+
+
+def test_list_overdue_finds_only_overdue_unfinished_ones_earliest_first(store: Store) -> None:
+    for n, next_check in enumerate([50, 10, 30, 1000, None], start=1):
+        store.create(invocation(n).evolve(next_check_ns=next_check), [])
+    store.commit(
+        invocation(2).evolve(status=Status.RUNNING, mutation_count=1, next_check_ns=20), 0, []
+    )
+    store.commit(invocation(3).evolve(status=Status.SUCCEEDED, mutation_count=1), 0, [])
+    assert [i.id for i in store.list_overdue(100, limit=10)] == [2, 1]
+    assert [i.id for i in store.list_overdue(100, limit=1)] == [2]
+    assert store.list_overdue(20, limit=10) == []
+    found = store.list_overdue(2000, limit=10)
+    assert [(i.id, i.next_check_ns) for i in found] == [(2, 20), (1, 50), (4, 1000)]
+    assert found[0] == store.get(2)
+
+
+def test_the_overdue_query_reads_the_index_not_the_table(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        plan = db.execute("EXPLAIN QUERY PLAN " + store.OVERDUE_QUERY, (1, 10)).fetchall()
+    db.close()
+    details = " ".join(row[-1] for row in plan)
+    assert "USING INDEX invocations_next_check" in details and "SCAN" not in details
+
+
+def test_an_old_sqlite_file_gains_next_checks_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(_OLD_SCHEMA)
+        for inv_id, status in ((1, "RUNNING"), (2, "SUCCEEDED")):
+            old = invocation(inv_id, created=inv_id * 10)
+            db.execute(
+                "INSERT INTO invocations VALUES (?, ?, NULL, ?, 0, ?, ?)",
+                (inv_id, JOB, status, old.created_ns, json.dumps(old.to_dict())),
+            )
+    db.close()
+    # The unfinished one is due at once, for the sweep to look at.
+    assert [i.id for i in SqliteStore(path).list_overdue(100, 10)] == [1]

@@ -162,3 +162,32 @@ def test_exactly_the_functions_that_call_buildbucket_act_as_its_account(
     assert tf["output"]["buildbucket_account"]["value"] == (
         "${google_service_account.buildbucket.email}"
     )
+
+
+def test_status_checks_are_retried_as_queue_policy_says(tf: dict[str, Any]) -> None:
+    from shepherd import queue_policy
+    from shepherd.adapters.cloud_tasks import retry_config
+    from shepherd.durations import parse_duration
+
+    (retry,) = tf["resource"]["google_cloud_tasks_queue"]["status_checks"]["retry_config"]
+    assert retry["max_attempts"] == "${var.status_checks_max_attempts}"
+    assert tf["variable"]["status_checks_max_attempts"]["default"] == queue_policy.MAX_ATTEMPTS
+    assert parse_duration(unquote(retry["min_backoff"])) == queue_policy.MIN_BACKOFF_NS
+    assert parse_duration(unquote(retry["max_backoff"])) == queue_policy.MAX_BACKOFF_NS
+    assert retry["max_doublings"] == queue_policy.MAX_DOUBLINGS
+    # The doublings reach the cap, and the cap is the default status_check_max.
+    assert queue_policy.backoff_ns(queue_policy.MAX_DOUBLINGS) == queue_policy.MAX_BACKOFF_NS
+    assert queue_policy.backoff_ns(10**6) == parse_duration("10m")
+    # The queue the adapter creates on the emulator says the same.
+    emulated = retry_config()
+    assert emulated.max_attempts == -1 and emulated.max_doublings == retry["max_doublings"]
+    assert emulated.max_backoff.total_seconds() * 1e9 == queue_policy.MAX_BACKOFF_NS
+
+
+def test_the_embedded_queue_never_gives_up_a_timer() -> None:
+    from shepherd import queue_policy
+    from shepherd.adapters.sqlite_delivery import TIMER, Delivery, backoff_ns
+
+    waits = [backoff_ns(Delivery("t", TIMER, {}, n)) for n in range(0, 10_000, 7)]
+    assert waits[0] == queue_policy.MIN_BACKOFF_NS
+    assert max(waits) == waits[-1] == queue_policy.MAX_BACKOFF_NS

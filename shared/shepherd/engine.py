@@ -4,11 +4,13 @@ It knows nothing of what a task does; a task kind (see tasks/) does that through
 Each event (trigger, start, timer, notification, abort) reads the invocation, lets the task
 work (possibly calling out), then commits with a compare-and-swap on the mutation count, as
 the LUCI Scheduler does. Timers are stored in the invocation first and handed to the timer
-queue after the commit, so a crash in between loses nothing: `recover()` hands them again.
+queue after the commit, so a crash in between loses nothing: `recover()` hands them again,
+and so does `sweep()`, on every scheduler tick, for whatever a queue lost since.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -52,6 +54,16 @@ def retry_delay(failures: int) -> int:
     return min(RETRY_MIN_BACKOFF << min(failures - 1, 20), RETRY_MAX_BACKOFF)
 
 
+# The engine's own timer: the sweep arms it for an invocation past its invocation_timeout, so
+# that on_timer (which may call the task's backend) times it out.
+TIMEOUT_TIMER = "invocation-timeout"
+# A check this late is lost rather than slow: a delivery and its handler take seconds.
+SWEEP_MARGIN_NS = MINUTE
+SWEEP_LIMIT = 500  # per tick; the rest, earliest first, on the next ones
+# How long a launch in progress may take before the sweep hands its start again.
+START_GRACE_NS = 5 * MINUTE
+
+
 class Outcome(StrEnum):
     HANDLED = "handled"
     STALE = "stale"  # a duplicate or late delivery: nothing to do
@@ -89,6 +101,7 @@ class _Controller:
         self.next_attempt_ns = invocation.next_attempt_ns
         self.debug_log = DebugLog(engine.clock)
         self._timers: list[Timer] = []
+        # While STARTING: when the next start task is due (None: a launch is in progress).
 
     def rebase(self, onto: Invocation) -> None:
         """Commits this event's changes over `onto`, a newer version of the invocation."""
@@ -183,12 +196,27 @@ class _Controller:
             mutation_count=before.mutation_count + 1,
             pending_timers=after.pending_timers + tuple(new_timers),
         )
+        after = after.evolve(next_check_ns=self._engine.next_check_ns(after))
         self._engine.store.commit(after, before.mutation_count, self.debug_log.entries)
         self.debug_log.take()
         self.saved = after
         self._pending = list(after.pending_timers)
         self._timers = []
         self._engine.queue.schedule([t.task(after.id) for t in new_timers])
+
+
+@dataclass
+class SweepResult:
+    """What one sweep found and did; the scheduler function answers with it."""
+
+    overdue: int = 0  # invocations the query found
+    timers: int = 0  # due timers handed to the queue again
+    starts: int = 0  # start tasks handed again (STARTING)
+    timeouts: int = 0  # timeout timers armed (past invocation_timeout)
+    conflicts: int = 0  # changed under the sweep: left to the next tick
+
+    def to_json(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -214,6 +242,7 @@ class Engine:
             job_id=request.job_id,
             request=request,
             created_ns=now,
+            next_check_ns=now,  # its start task's ETA
         )
         debug_log = DebugLog(self.clock)
         debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
@@ -252,6 +281,8 @@ class Engine:
             self._time_out(ctl, kind, timeout)
         elif timer.title == ABORT_TIMER:
             self._cancel(ctl, kind, failures=int((timer.payload or {}).get("failures", 1)))
+        elif timer.title == TIMEOUT_TIMER and kind is not None:
+            pass  # the engine's own timer: nothing for the task
         else:
             self._act(
                 ctl,
@@ -342,6 +373,57 @@ class Engine:
                 tasks.append(self._start_task(inv, inv.attempt + 1, self.clock.now_ns()))
         self.queue.schedule(tasks)
         return len(tasks)
+
+    def sweep(self, now_ns: int, limit: int = SWEEP_LIMIT) -> SweepResult:
+        """Reconciles what the queues lost: one indexed query for the invocations whose next
+        check is overdue by more than SWEEP_MARGIN_NS, then work for those only.
+
+        A STARTING one gets its start task again; a RUNNING one past invocation_timeout gets
+        the engine's timeout timer (compare-and-swap, so a racing sweep or event wins or loses
+        whole); any other gets its due timers again. Queues deduplicate by task name and the
+        handlers ignore stale or repeated deliveries, so sweeping twice changes nothing twice."""
+        overdue = self.store.list_overdue(now_ns - SWEEP_MARGIN_NS, limit)
+        tasks: list[QueuedTask] = []
+        result = SweepResult(overdue=len(overdue))
+        timeout = self.jobs.settings.invocation_timeout
+        for inv in overdue:
+            if inv.status.final:
+                continue
+            if inv.status is Status.STARTING:
+                tasks.append(self._start_task(inv, inv.attempt + 1, now_ns))
+                result.starts += 1
+                continue
+            armed = any(t.title == TIMEOUT_TIMER for t in inv.pending_timers)
+            if now_ns - inv.created_ns > timeout and not armed:
+                ctl, _ = self._controller(inv)
+                ctl.add_timer(0, TIMEOUT_TIMER)
+                try:
+                    ctl.commit()  # hands the new timer to the queue
+                    result.timeouts += 1
+                except ConflictError:
+                    result.conflicts += 1  # it moved on: the next tick sees where to
+                continue
+            due = [t.task(inv.id) for t in inv.pending_timers if t.eta_ns <= now_ns]
+            tasks += due
+            result.timers += len(due)
+        self.queue.schedule(tasks)
+        if overdue:
+            logger.info("sweep: %s", result.to_json())
+        return result
+
+    def next_check_ns(self, inv: Invocation) -> int | None:
+        """When the invocation next needs the queue: its earliest timer, its start task while
+        STARTING (`next_attempt_ns`; None: the launch in progress, given START_GRACE_NS), and
+        while RUNNING its invocation_timeout. None once final."""
+        if inv.status.final:
+            return None
+        times = [t.eta_ns for t in inv.pending_timers]
+        if inv.status is Status.STARTING:
+            no_later = self.clock.now_ns() + START_GRACE_NS
+            times.append(inv.next_attempt_ns if inv.next_attempt_ns is not None else no_later)
+        else:
+            times.append(inv.created_ns + self.jobs.settings.invocation_timeout)
+        return min(times)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -442,6 +524,7 @@ class Engine:
                 started_ns=inv.started_ns or now,
                 next_attempt_ns=None,
             )
+            starting = starting.evolve(next_check_ns=self.next_check_ns(starting))
             debug_log = DebugLog(self.clock)
             debug_log.write(LogKind.STARTED, f"Starting the invocation (attempt {attempt})")
             try:

@@ -169,7 +169,10 @@ class Invocation:
 
     `abort_requested`: an abort was accepted and completes on its own (the launch is skipped or
     its build cancelled; a failed cancel is retried by a timer). `next_attempt_ns`: while a
-    launch waits for its retry, when the next attempt comes."""
+    launch waits for its retry, when the next attempt comes.
+
+    `next_check_ns` is when the invocation next needs the queue (its earliest timer, its start,
+    or its timeout), None once final: stores index it for the reconciling sweep."""
 
     id: int
     job_id: str
@@ -185,6 +188,7 @@ class Invocation:
     pending_timers: tuple[Timer, ...] = ()
     abort_requested: bool = False
     next_attempt_ns: int | None = None
+    next_check_ns: int | None = None
 
     def evolve(self, **changes: Any) -> Invocation:
         return replace(self, **changes)
@@ -205,6 +209,7 @@ class Invocation:
             "pending_timers": [vars(t).copy() for t in self.pending_timers],
             "abort_requested": self.abort_requested,
             "next_attempt_ns": self.next_attempt_ns,
+            "next_check_ns": self.next_check_ns,
         }
 
     @classmethod
@@ -225,6 +230,7 @@ class Invocation:
             # Absent from invocations stored before aborts and launch retries were recorded.
             abort_requested=data.get("abort_requested", False),
             next_attempt_ns=data.get("next_attempt_ns"),
+            next_check_ns=data.get("next_check_ns"),
         )
 
 

@@ -16,6 +16,7 @@ class StoreStats:
     reads: int = 0
     writes: int = 0
     transactions: int = 0
+    queries: int = 0  # list_overdue's, for the sweep's benchmark
 
 
 class ConflictError(Exception):
@@ -58,6 +59,11 @@ class Store(Protocol):
 
     def list_active(self) -> list[Invocation]:
         """Invocations not yet finished, for recovering their timers after a crash."""
+        ...
+
+    def list_overdue(self, before_ns: int, limit: int) -> list[Invocation]:
+        """Up to `limit` invocations whose `next_check_ns` is before `before_ns`, earliest
+        first: one query on an index of that field, never a scan of every invocation."""
         ...
 
 

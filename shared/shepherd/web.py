@@ -223,13 +223,15 @@ def _notified(event: CloudEvent) -> None:
 
 @_guarded
 def scheduler(request: Request) -> Response:
-    """One tick of the cron schedules (Cloud Scheduler calls it every minute)."""
+    """One tick (Cloud Scheduler calls it every minute): the cron schedules, then the sweep
+    that re-hands whatever checks and starts the queues lost."""
     from .cron import run_schedules
 
     _require(request, "POST")
     engine = get_service().engine
     results = run_schedules(engine, engine.clock.now_ns())
-    return _json(200, {"results": [r.to_json() for r in results]})
+    swept = engine.sweep(engine.clock.now_ns())
+    return _json(200, {"results": [r.to_json() for r in results], "sweep": swept.to_json()})
 
 
 # --- api -------------------------------------------------------------------------------

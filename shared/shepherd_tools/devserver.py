@@ -139,7 +139,8 @@ def ensure_push_subscription(topic: str, endpoint: str) -> str:
 
 
 class SchedulerTicker:
-    """Calls /scheduler at the start of every minute, as Cloud Scheduler does when deployed."""
+    """Calls /scheduler at the start of every minute, as Cloud Scheduler does when deployed:
+    the cron schedules and the sweep."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -190,10 +191,9 @@ def serve(config: Config, host: str, port: int) -> int:
     recovered = service.engine.recover()
     if deliverer is not None:
         deliverer.start()
-    ticker = None
-    if any(job.schedule for job in service.engine.jobs.jobs.values()):
-        ticker = SchedulerTicker(url + "/scheduler")
-        ticker.start()
+    # Every minute even with no schedule: the tick also runs the sweep.
+    ticker = SchedulerTicker(url + "/scheduler")
+    ticker.start()
 
     def stop(signum: int, frame: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -206,8 +206,7 @@ def serve(config: Config, host: str, port: int) -> int:
     try:
         server.serve_forever()
     finally:
-        if ticker is not None:
-            ticker.stop()
+        ticker.stop()
         if deliverer is not None:
             deliverer.stop()
         server.server_close()

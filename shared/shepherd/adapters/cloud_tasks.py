@@ -19,8 +19,9 @@ from contextlib import contextmanager
 
 from google.api_core import exceptions as gexc
 from google.cloud import tasks_v2
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
+from .. import queue_policy
 from ..model import QueuedTask
 from ..ports import Unavailable
 from .google_errors import TRANSIENT, describe
@@ -35,6 +36,22 @@ def task_id(timer_id: str) -> str:
     readable = _UNSAFE.sub("-", timer_id).strip("-")[:80]
     digest = hashlib.sha256(timer_id.encode()).hexdigest()[:32]
     return f"{readable}-{digest}"
+
+
+def _duration(ns: int) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(ns)
+    return duration
+
+
+def retry_config() -> tasks_v2.RetryConfig:
+    """queue_policy as Cloud Tasks spells it (terraform/tasks.tf says the same)."""
+    return tasks_v2.RetryConfig(
+        max_attempts=queue_policy.MAX_ATTEMPTS,
+        min_backoff=_duration(queue_policy.MIN_BACKOFF_NS),
+        max_backoff=_duration(queue_policy.MAX_BACKOFF_NS),
+        max_doublings=queue_policy.MAX_DOUBLINGS,
+    )
 
 
 def make_client(emulator_host: str | None) -> tasks_v2.CloudTasksClient:
@@ -71,10 +88,12 @@ class CloudTasksQueue:
         self._headers = {"Content-Type": "application/json", **(headers or {})}
 
     def ensure_queue(self) -> None:
-        """Creates the queue if it is missing (on an emulator; terraform makes the real one)."""
+        """Creates the queue if it is missing (on an emulator; terraform makes the real one),
+        retrying as the real one does."""
         parent, _, _ = self._queue.rpartition("/queues/")
+        queue = tasks_v2.Queue(name=self._queue, retry_config=retry_config())
         with _unavailable_on_transient_errors(), contextlib.suppress(gexc.AlreadyExists):
-            self._client.create_queue(parent=parent, queue=tasks_v2.Queue(name=self._queue))
+            self._client.create_queue(parent=parent, queue=queue)
 
     def schedule(self, tasks: Sequence[QueuedTask]) -> None:
         with _unavailable_on_transient_errors():

@@ -2,7 +2,8 @@
 
 Layout:
 - `invocations/{id}`: the invocation as JSON (`state`) plus the fields queries need
-  (`job_id`, `status`, `created_ns`, `mutation_count`);
+  (`job_id`, `status`, `created_ns`, `mutation_count`, and `next_check_ns`, null once final:
+  the sweep's range query on its automatic single-field index skips nulls);
 - `invocations/{id}/log/{mutation count, 8 digits}`: the lines one change appended, so an event
   costs one read and two writes however many lines it logs; each entry is `t` (time), `x`
   (text), `k` (kind) and `c` (the outbound call, when it records one);
@@ -56,6 +57,7 @@ def _fields(invocation: Invocation) -> dict[str, Any]:
         "status": invocation.status.value,
         "created_ns": invocation.created_ns,
         "mutation_count": invocation.mutation_count,
+        "next_check_ns": invocation.next_check_ns,
         "state": json.dumps(invocation.to_dict()),
     }
 
@@ -288,3 +290,15 @@ class FirestoreStore:
     def list_active(self) -> list[Invocation]:
         query = self._invocations.where(filter=firestore.FieldFilter("status", "in", ACTIVE))
         return [_invocation(doc) for doc in self._stream(query)]
+
+    @_translated
+    def list_overdue(self, before_ns: int, limit: int) -> list[Invocation]:
+        query = (
+            self._invocations.where(filter=firestore.FieldFilter("next_check_ns", "<", before_ns))
+            .order_by("next_check_ns")
+            .limit(limit)
+        )
+        found = [_invocation(doc) for doc in self._stream(query)]
+        self.stats.reads += max(1, len(found))  # Firestore bills an empty query one read
+        self.stats.queries += 1
+        return found

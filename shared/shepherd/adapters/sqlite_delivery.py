@@ -4,7 +4,8 @@ Both are "deliver this HTTP request at or after its ETA, at least once": a statu
 goes to `on_timer` with the Cloud Tasks headers; a message published to a registered topic goes
 to `on_build_notification` as the push body a Pub/Sub subscription sends. `Deliverer` runs
 inside `shepherd dev`: it leases due deliveries, POSTs them, and retries 5xx answers and
-connection errors with backoff. Names are kept after delivery, so scheduling a timer name again
+connection errors without limit, with backoff (timers as queue_policy, as the deployed queue;
+pushes capped at 10 s). Names are kept after delivery, so scheduling a timer name again
 changes nothing (Cloud Tasks' dedup). Pending deliveries survive a restart and arrive late
 rather than never.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import queue_policy
 from ..clock import Clock
 from ..durations import MILLISECOND, SECOND
 from ..model import QueuedTask
@@ -34,7 +36,7 @@ from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 logger = logging.getLogger(__name__)
 
 LEASE_NS = 180 * SECOND  # longer than a delivery's HTTP timeout, so none is sent twice at once
-MAX_BACKOFF_NS = 10 * SECOND
+PUSH_MAX_BACKOFF_NS = 10 * SECOND
 TIMER, PUSH = "timer", "push"
 
 _SCHEMA = """
@@ -160,6 +162,13 @@ class SqliteDeliveryQueue:
         return eta
 
 
+def backoff_ns(item: Delivery) -> int:
+    """The wait before delivering `item` again; no delivery is ever given up."""
+    if item.target == TIMER:
+        return queue_policy.backoff_ns(item.attempts)
+    return min(100 * MILLISECOND << min(item.attempts, 16), PUSH_MAX_BACKOFF_NS)
+
+
 class SqliteTopic:
     """The NotificationTopic port: names topics as LUCI does and registers them for publishing."""
 
@@ -264,8 +273,7 @@ class Deliverer:
             if delivered:
                 self._queue.complete(item.name)
             else:
-                backoff = min(100 * MILLISECOND * 2**item.attempts, MAX_BACKOFF_NS)
-                self._queue.retry(item.name, self._clock.now_ns() + backoff)
+                self._queue.retry(item.name, self._clock.now_ns() + backoff_ns(item))
         except StoreUnavailable as e:
             # Not recorded: the lease runs out and the delivery comes again, late.
             logger.warning("%s: cannot record the delivery: %s", item.name, e)
