@@ -350,3 +350,8 @@ def test_every_line_of_a_deployed_stack_is_json_and_one_invocations_lines_share_
     # The notification that finished it names it too, though Pub/Sub's push carries no trace.
     notified = [e for e in entries if e["message"].startswith("notification ")]
     assert notified and all(e[INVOCATION_FIELD] == invocation_id for e in notified)
+
+
+def test_binding_outside_a_request_marks_nothing_and_leaks_nothing() -> None:
+    logs.bind_invocation("a/b", 7)
+    assert logs.current().invocation_id is None and logs.current().job_id is None

@@ -85,8 +85,11 @@ def request_scope(headers: Mapping[str, str]) -> Iterator[None]:
 
 
 def bind_invocation(job_id: str, invocation_id: int) -> None:
-    """Marks what follows in this request as about that invocation."""
-    _context.set(replace(current(), job_id=job_id, invocation_id=invocation_id))
+    """Marks what follows in this request as about that invocation. Outside a request (a
+    replay, the sweep's loop, a test) there is nothing to mark, and nothing may leak into what
+    comes next on the thread."""
+    if (context := _context.get()) is not None:
+        _context.set(replace(context, job_id=job_id, invocation_id=invocation_id))
 
 
 def current() -> LogContext:
