@@ -40,6 +40,9 @@ REQUESTS = "requests"
 LOG = "log"
 ACTIVE = [Status.STARTING.value, Status.RUNNING.value]
 VERSIONS_KEPT = 10_000
+# Contending transactions abort each other; with the library's 5 attempts, 8 contenders on a busy
+# machine could all give up and none win. One of them winning is what the CAS promises.
+TRANSACTION_ATTEMPTS = 20
 DEFAULT_TIMEOUT_S = 10.0
 
 T = TypeVar("T")
@@ -226,7 +229,7 @@ class FirestoreStore:
                 )
 
         try:
-            run(self._db.transaction())
+            run(self._db.transaction(max_attempts=TRANSACTION_ATTEMPTS))
         except (gexc.Aborted, gexc.Conflict) as e:
             # Contention on the invocation's document: someone else is changing it.
             raise ConflictError(f"invocation {invocation.id}: {e}") from e
