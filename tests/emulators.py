@@ -113,6 +113,30 @@ def start_tasks(workdir: Path) -> Emulator:
     return Emulator("Cloud Tasks", cmd, host, workdir / "tasks.log").wait_tcp()
 
 
+def emulator_env(
+    firestore: str, pubsub: str, tasks: str, name: str, **extra: str
+) -> dict[str, str]:
+    """What `shepherd dev` needs to run on the three emulators (hosts, or proxies in front of
+    them), with a queue and a topic of its own called `name`."""
+    return {
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "FIRESTORE_EMULATOR_HOST": firestore,
+        "PUBSUB_EMULATOR_HOST": pubsub,
+        "CLOUD_TASKS_EMULATOR_HOST": tasks,
+        "SHEPHERD_TASKS_QUEUE": queue_name(name),
+        "SHEPHERD_TOPIC": topic_name(name),
+        **extra,
+    }
+
+
+def queue_name(name: str) -> str:
+    return f"projects/{PROJECT}/locations/us-central1/queues/{name}"
+
+
+def topic_name(name: str) -> str:
+    return f"projects/{PROJECT}/topics/{name}"
+
+
 def clear_firestore(host: str) -> None:
     url = f"http://{host}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
     httpx.delete(url, timeout=60).raise_for_status()

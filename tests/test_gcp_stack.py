@@ -8,20 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from emulators import PROJECT, Emulator, clear_firestore
+from emulators import Emulator, clear_firestore, emulator_env, topic_name
 from localstack import FINAL, QUICK, DevProcess, write_jobs
 from shepherd_tools.simulator.control import SimulatorProcess
 
 pytestmark = pytest.mark.stack
 
-TOPIC = f"projects/{PROJECT}/topics/buildbucket-notifications"
-QUEUE = f"projects/{PROJECT}/locations/us-central1/queues/status-checks"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess() as process:
-        yield process
+TOPIC = topic_name("gcp-stack")
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +27,9 @@ def dev(
 ) -> Iterator[DevProcess]:
     clear_firestore(firestore_emulator.host)
     workdir = tmp_path_factory.mktemp("gcp")
-    env = {
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-        "SHEPHERD_TASKS_QUEUE": QUEUE,
-        "SHEPHERD_TOPIC": TOPIC,
-    }
+    env = emulator_env(
+        firestore_emulator.host, pubsub_emulator.host, tasks_emulator.host, "gcp-stack"
+    )
     process = DevProcess(workdir, write_jobs(workdir / "jobs.toml", sim.url), env).start()
     yield process
     process.stop()

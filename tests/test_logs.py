@@ -13,7 +13,7 @@ from typing import Any
 import functions_framework
 import pytest
 
-from emulators import PROJECT, Emulator, clear_firestore
+from emulators import PROJECT, Emulator, clear_firestore, emulator_env
 from localstack import COMMIT_TAGS, FINAL, JOB, QUICK, SECRET, DevProcess, write_jobs
 from shepherd import logs
 from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
@@ -257,15 +257,6 @@ def test_a_failing_function_logs_one_json_line_with_its_traceback_and_trace(
 
 # --- `shepherd dev` on the emulators, as deployed ----------------------------------------
 
-TOPIC = f"projects/{PROJECT}/topics/buildbucket-notifications-logs"
-QUEUE = f"projects/{PROJECT}/locations/us-central1/queues/status-checks-logs"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess() as process:
-        yield process
-
 
 @pytest.fixture
 def json_dev(
@@ -276,15 +267,8 @@ def json_dev(
     tmp_path: Path,
 ) -> Iterator[DevProcess]:
     clear_firestore(firestore_emulator.host)
-    env = {
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-        "SHEPHERD_TASKS_QUEUE": QUEUE,
-        "SHEPHERD_TOPIC": TOPIC,
-        "SHEPHERD_LOG_FORMAT": "json",
-    }
+    hosts = firestore_emulator.host, pubsub_emulator.host, tasks_emulator.host
+    env = emulator_env(*hosts, "logs", SHEPHERD_LOG_FORMAT="json")
     process = DevProcess(tmp_path, write_jobs(tmp_path / "jobs.toml", sim.url), env).start()
     yield process
     process.stop()

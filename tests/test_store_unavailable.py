@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from emulators import PROJECT, Emulator, TcpProxy, clear_firestore
+from emulators import Emulator, TcpProxy, clear_firestore, emulator_env
 from localstack import COMMIT_TAGS, JOB, LONG, SECRET, DevProcess, write_jobs
 from shepherd.auth import TIMER_TOKEN_HEADER, timer_token
 from shepherd.signing import TokenSigner
@@ -156,15 +156,8 @@ def firestore_dev(
     tmp_path: Path,
 ) -> Iterator[DevProcess]:
     clear_firestore(firestore_emulator.host)
-    env = {
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "FIRESTORE_EMULATOR_HOST": firestore_proxy.host,
-        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks_emulator.host,
-        "SHEPHERD_TASKS_QUEUE": f"projects/{PROJECT}/locations/us-central1/queues/outage",
-        "SHEPHERD_TOPIC": f"projects/{PROJECT}/topics/outage",
-        "SHEPHERD_STORE_TIMEOUT": "1s",
-    }
+    hosts = firestore_proxy.host, pubsub_emulator.host, tasks_emulator.host
+    env = emulator_env(*hosts, "outage", SHEPHERD_STORE_TIMEOUT="1s")
     process = DevProcess(tmp_path, write_jobs(tmp_path / "jobs.toml", sim.url), env).start()
     sim.configure({"publish_url": f"http://{pubsub_emulator.host}", "script": LONG})
     yield process
@@ -218,14 +211,7 @@ def test_cloud_tasks_briefly_unavailable_trigger_answers_503_then_starts(
     same request again, which finds the invocation and enqueues its start."""
     clear_firestore(firestore_emulator.host)
     tasks = TcpProxy(tasks_emulator.host)
-    env = {
-        "GOOGLE_CLOUD_PROJECT": PROJECT,
-        "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
-        "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
-        "CLOUD_TASKS_EMULATOR_HOST": tasks.host,
-        "SHEPHERD_TASKS_QUEUE": f"projects/{PROJECT}/locations/us-central1/queues/tasks-outage",
-        "SHEPHERD_TOPIC": f"projects/{PROJECT}/topics/tasks-outage",
-    }
+    env = emulator_env(firestore_emulator.host, pubsub_emulator.host, tasks.host, "tasks-outage")
     dev = DevProcess(tmp_path, write_jobs(tmp_path / "jobs.toml", sim.url), env).start()
     try:
         sim.configure({"publish_url": f"http://{pubsub_emulator.host}", "script": LONG})
