@@ -69,10 +69,10 @@ package: $(STAMP)
 test: lint emulators chromium
 	$(BIN)/pytest
 
-# The fast loop: no emulators, no local stack, no browser, no virtualenv installs (under 30 s).
+# The fast loop: no emulators, no local stack, no browser, no virtualenv installs; two workers.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	SHEPHERD_TESTS=fast $(BIN)/pytest -q -m "not emulator and not stack and not browser and not slow"
+	SHEPHERD_TESTS=fast $(BIN)/pytest -q -n 2 -m "not emulator and not stack and not browser and not slow"
 
 # Benchmarks (not tests): writes bench/results.json and bench/RESULTS.md.
 bench: $(STAMP) emulators
