@@ -18,8 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from shepherd.adapters.buildbucket_prpc import PrpcBuildsClient
 from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
 from shepherd.adapters.sqlite_store import SqliteStore
@@ -80,7 +78,7 @@ def load_scenario(name_or_path: str) -> Scenario:
         )
     except ConfigError:
         raise
-    except (tomllib.TOMLDecodeError, ValidationError, ValueError, KeyError, TypeError) as e:
+    except (tomllib.TOMLDecodeError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"scenario {name}: {e}") from None
 
 
