@@ -67,13 +67,6 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-def _first(*checks: Callable[[], str | None]) -> str | None:
-    for check in checks:
-        if (error := check()) is not None:
-            return error
-    return None
-
-
 def validate_builder_id(b: common_pb2.BuilderID) -> str | None:
     parts = b.bucket.split(".")
     if not _full(PROJ_REGEX, b.project):
