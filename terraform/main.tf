@@ -15,6 +15,7 @@ locals {
     SHEPHERD_TASKS_SERVICE_ACCOUNT = google_service_account.tasks_invoker.email
     SHEPHERD_TOPIC                 = google_pubsub_topic.notifications.id
     SHEPHERD_LOG_RETENTION         = "${var.log_retention_days * 24}h"
+    SHEPHERD_LOG_FORMAT            = "json" # Cloud Logging's structured lines
   }
 
   # name -> entry point in main.py, its service account, whether it holds the signing key,

@@ -105,10 +105,10 @@ def start_pubsub(workdir: Path) -> Emulator:
     return Emulator("Pub/Sub", cmd, host, workdir / "pubsub.log").wait_http()
 
 
-def start_tasks(workdir: Path) -> Emulator:
+def start_tasks(workdir: Path, port: int | None = None) -> Emulator:
     if not TASKS_EMULATOR.exists():
         pytest.fail(f"{TASKS_EMULATOR} is missing: `make test` installs it")
-    host = f"127.0.0.1:{free_port()}"
+    host = f"127.0.0.1:{port or free_port()}"
     cmd = [str(TASKS_EMULATOR), "start", "--quiet", f"--port={host.rsplit(':', 1)[1]}"]
     return Emulator("Cloud Tasks", cmd, host, workdir / "tasks.log").wait_tcp()
 

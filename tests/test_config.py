@@ -12,7 +12,8 @@ import pytest
 from localstack import write_jobs
 from shepherd.auth import GOOGLE_CERTS_URL, OidcAuth, SharedTokenAuth
 from shepherd.config import DEFAULT_STATE, DEFAULT_TIMER_URL, Config, ConfigError
-from shepherd.durations import HOUR, MILLISECOND
+from shepherd.durations import HOUR, MILLISECOND, SECOND
+from shepherd.engine import SWEEP_MARGIN_NS
 from shepherd.service import build_service
 
 SECRET = "0123456789abcdef-config"
@@ -35,6 +36,7 @@ EVERYTHING = {
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
     "SHEPHERD_STORE_TIMEOUT": "1500ms",
     "SHEPHERD_FUNCTIONS_SOURCE": "/src/functions/main.py",
+    "SHEPHERD_SWEEP_MARGIN": "90s",
 }
 
 
@@ -56,6 +58,7 @@ def test_every_variable_is_read() -> None:
         pubsub_emulator=True,
         store_timeout_ns=1500 * MILLISECOND,
         functions_source=Path("/src/functions/main.py"),
+        sweep_margin_ns=90 * SECOND,
     )
     assert config.on_timer_url == "https://on-timer-xyz.a.run.app"
 
@@ -84,6 +87,7 @@ def test_the_secret_never_shows_in_its_repr() -> None:
         ("SHEPHERD_LOG_RETENTION", "-1h", 'SHEPHERD_LOG_RETENTION must be positive, not "-1h"'),
         ("SHEPHERD_STORE_TIMEOUT", "0s", 'SHEPHERD_STORE_TIMEOUT must be positive, not "0s"'),
         ("SHEPHERD_STORE_TIMEOUT", "soon", "SHEPHERD_STORE_TIMEOUT must be a Go duration"),
+        ("SHEPHERD_SWEEP_MARGIN", "-1m", 'SHEPHERD_SWEEP_MARGIN must be positive, not "-1m"'),
         ("SHEPHERD_TIMER_URL", "on-timer", "SHEPHERD_TIMER_URL must be an http(s) URL"),
         ("SHEPHERD_OIDC_CERTS_URL", "ftp://x/certs", "SHEPHERD_OIDC_CERTS_URL must be an http"),
         ("SHEPHERD_TASKS_QUEUE", "status-checks", '"projects/P/locations/L/queues/Q"'),
@@ -117,6 +121,9 @@ def test_the_service_is_built_from_the_config_alone(tmp_path: Path) -> None:
     assert state.exists() and service.embedded is not None
     assert isinstance(service.timer_auth, SharedTokenAuth)
     assert service.engine.jobs.job("chromium/Windows deterministic") is not None
+    assert service.engine.sweep_margin_ns == SWEEP_MARGIN_NS
+    margin = dataclasses.replace(Config(jobs=jobs, state=state), sweep_margin_ns=5 * SECOND)
+    assert build_service(margin).engine.sweep_margin_ns == 5 * SECOND
     # Without a secret, the embedded defaults generate a key beside the state.
     build_service(Config(jobs=jobs, state=state))
     assert (state.parent / "secret.key").stat().st_mode & 0o777 == 0o600

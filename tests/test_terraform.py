@@ -93,6 +93,7 @@ def test_environment_names_are_the_ones_the_code_reads(tf: dict[str, Any]) -> No
     }
     assert required <= set(env)
     assert unquote(env["SHEPHERD_JOBS"]) == JOBS_NAME  # the name `shepherd package` writes
+    assert unquote(env["SHEPHERD_LOG_FORMAT"]) == "json"  # said, not left to K_SERVICE
     secret = tf["resource"]["google_cloudfunctions2_function"]["fn"]["service_config"][0]
     secret_env = secret["dynamic"][0]['"secret_environment_variables"']["content"][0]["key"]
     assert unquote(secret_env) == "SHEPHERD_SECRET" and "SHEPHERD_SECRET" in read

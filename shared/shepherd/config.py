@@ -56,6 +56,9 @@ class Config:
     # SHEPHERD_LOG_FORMAT: "json" (Cloud Logging's structured lines) or "text"; by default JSON
     # where Cloud Run or Cloud Functions serve (K_SERVICE is set), text elsewhere.
     log_format: str = TEXT
+    # SHEPHERD_SWEEP_MARGIN: how late a status check must be before the scheduler tick's sweep
+    # takes it for lost and hands it again; None: the engine's default (1 minute).
+    sweep_margin_ns: int | None = None
 
     @property
     def on_timer_url(self) -> str:
@@ -110,6 +113,7 @@ class Config:
             store_timeout_ns=_duration("SHEPHERD_STORE_TIMEOUT", _env("SHEPHERD_STORE_TIMEOUT")),
             functions_source=Path(source) if source else None,
             log_format=log_format,
+            sweep_margin_ns=_duration("SHEPHERD_SWEEP_MARGIN", _env("SHEPHERD_SWEEP_MARGIN")),
         )
 
 

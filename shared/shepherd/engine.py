@@ -229,6 +229,8 @@ class Engine:
     clock: Clock
     signer: Signer
     rng: random.Random = field(default_factory=random.Random)
+    # How late a check must be before the sweep takes it for lost (SHEPHERD_SWEEP_MARGIN).
+    sweep_margin_ns: int = SWEEP_MARGIN_NS
 
     # --- events -------------------------------------------------------------------------
 
@@ -376,13 +378,13 @@ class Engine:
 
     def sweep(self, now_ns: int, limit: int = SWEEP_LIMIT) -> SweepResult:
         """Reconciles what the queues lost: one indexed query for the invocations whose next
-        check is overdue by more than SWEEP_MARGIN_NS, then work for those only.
+        check is overdue by more than the sweep margin, then work for those only.
 
         A STARTING one gets its start task again; a RUNNING one past invocation_timeout gets
         the engine's timeout timer (compare-and-swap, so a racing sweep or event wins or loses
         whole); any other gets its due timers again. Queues deduplicate by task name and the
         handlers ignore stale or repeated deliveries, so sweeping twice changes nothing twice."""
-        overdue = self.store.list_overdue(now_ns - SWEEP_MARGIN_NS, limit)
+        overdue = self.store.list_overdue(now_ns - self.sweep_margin_ns, limit)
         tasks: list[QueuedTask] = []
         result = SweepResult(overdue=len(overdue))
         timeout = self.jobs.settings.invocation_timeout

@@ -22,7 +22,7 @@ from .auth import OidcAuth, SharedTokenAuth, TimerAuth, timer_token
 from .clock import Clock, RealClock
 from .config import Config, ConfigError, required
 from .durations import SECOND
-from .engine import Engine
+from .engine import SWEEP_MARGIN_NS, Engine
 from .jobs import JobsFile, load_jobs
 from .logs import configure as configure_logs
 from .model import QueuedTask
@@ -175,6 +175,7 @@ def build_service(config: Config) -> Service:
         clock=clock,
         signer=signer,
         rng=rng,
+        sweep_margin_ns=config.sweep_margin_ns or SWEEP_MARGIN_NS,
     )
     return Service(engine, embedded, timer_auth, timer_headers)
 

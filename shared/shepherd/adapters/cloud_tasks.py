@@ -86,10 +86,13 @@ class CloudTasksQueue:
         self._url = url
         self._service_account = service_account
         self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._ensures_queue = False
 
     def ensure_queue(self) -> None:
         """Creates the queue if it is missing (on an emulator; terraform makes the real one),
-        retrying as the real one does."""
+        retrying as the real one does; from then on, again whenever it has gone (an emulator
+        restarted empty)."""
+        self._ensures_queue = True
         parent, _, _ = self._queue.rpartition("/queues/")
         queue = tasks_v2.Queue(name=self._queue, retry_config=retry_config())
         with _unavailable_on_transient_errors(), contextlib.suppress(gexc.AlreadyExists):
@@ -112,10 +115,15 @@ class CloudTasksQueue:
         if self._service_account:
             http.oidc_token = tasks_v2.OidcToken(service_account_email=self._service_account)
         name = f"{self._queue}/tasks/{task_id(task.timer_id)}"
+        request = tasks_v2.Task(name=name, schedule_time=eta, http_request=http)
         try:
-            self._client.create_task(
-                parent=self._queue,
-                task=tasks_v2.Task(name=name, schedule_time=eta, http_request=http),
-            )
+            try:
+                self._client.create_task(parent=self._queue, task=request)
+            except gexc.FailedPrecondition:  # "Queue ... does not exist"
+                if not self._ensures_queue:
+                    raise
+                logger.warning("queue %s is gone: creating it again", self._queue)
+                self.ensure_queue()
+                self._client.create_task(parent=self._queue, task=request)
         except gexc.AlreadyExists:
             logger.info("task %s exists already", name)
