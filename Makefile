@@ -66,8 +66,9 @@ package: $(STAMP)
 	@test -n "$(JOBS)" || (echo "usage: make package JOBS=path/to/jobs.toml" && exit 2)
 	$(BIN)/shepherd package --jobs $(JOBS) --out dist/functions.zip
 
+# Two workers, one test file each at a time (each worker starts its own emulators).
 test: lint emulators chromium
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The fast loop: no emulators, no local stack, no browser, no virtualenv installs; two workers.
 test-fast: $(STAMP)
@@ -80,7 +81,8 @@ bench: $(STAMP) emulators
 
 # The long variants: 1,000 invocations at once, 200 under SIGKILL, 400 model-based histories.
 soak: $(STAMP)
-	SHEPHERD_TESTS=soak $(BIN)/pytest -q -s tests/test_crash_and_load.py tests/test_model_based.py
+	SHEPHERD_TESTS=soak $(BIN)/pytest -q -s tests/test_crash_and_load.py tests/test_model_based.py \
+	  tests/test_chaos.py
 
 clean:
 	rm -rf $(VENV) $(TASKS_VENV) $(IAC_VENV) dist .shepherd .pytest_cache .ruff_cache .hypothesis
