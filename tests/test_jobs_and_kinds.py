@@ -82,7 +82,7 @@ def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
 
 def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None:
     engine, clock, queue = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     delivered: list[QueuedTask] = []
     while (eta := queue.next_eta()) is not None:
         clock.advance_to(eta)
@@ -106,7 +106,7 @@ def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None
 
 def test_a_timer_whose_job_left_the_job_file_fails_the_invocation(tmp_path: Path) -> None:
     engine, clock, queue = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     (start,) = queue.pop_due(clock.now_ns())
     engine.handle_task(start.invocation_id, start.timer_id, start.name)
     engine.jobs.jobs.clear()  # the job file was changed under a running invocation
@@ -121,7 +121,7 @@ def test_a_timer_whose_job_left_the_job_file_fails_the_invocation(tmp_path: Path
 
 def test_a_redelivered_timer_hands_pending_timers_again(tmp_path: Path) -> None:
     engine, clock, queue = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     (start,) = queue.pop_due(clock.now_ns())
     engine.handle_task(start.invocation_id, start.timer_id, start.name)
     (pending,) = engine.store.get(inv.id).pending_timers  # type: ignore[union-attr]
@@ -143,7 +143,7 @@ class Recorder:
 @pytest.mark.parametrize("tid", ["junk", "a:b", "infra/nap:1:start:x", "other/job:5:start:1"])
 def test_malformed_start_tasks_are_ignored(tmp_path: Path, tid: str) -> None:
     engine, _, _ = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     assert engine.handle_task(inv.id, tid, "start-invocation") is Outcome.IGNORED
     stored = engine.store.get(inv.id)
     assert stored is not None and stored.mutation_count == 0

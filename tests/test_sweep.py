@@ -96,7 +96,7 @@ def embedded(tmp_path: Path, seconds: int = 600, timeout: str = "24h") -> Embedd
 
 
 def running(stack: Embedded) -> int:
-    inv = stack.engine.trigger(TriggerRequest(job_id=JOB))
+    inv = stack.engine.trigger(TriggerRequest(job_id=JOB)).invocation
     assert stack.deliver_due() == [START_TASK]
     stored = stack.engine.store.get(inv.id)
     assert stored is not None and stored.status is Status.RUNNING
@@ -137,7 +137,7 @@ def test_a_healthy_invocation_is_not_touched(tmp_path: Path) -> None:
 def test_a_starting_invocation_whose_start_was_lost_is_started(tmp_path: Path) -> None:
     stack = embedded(tmp_path)
     stack.lossy.losing = True  # the enqueue right after the trigger's commit fails
-    inv = stack.engine.trigger(TriggerRequest(job_id=JOB))
+    inv = stack.engine.trigger(TriggerRequest(job_id=JOB)).invocation
     stack.lossy.losing = False
     assert [t.name for t in stack.lossy.lost] == [START_TASK]
     stack.clock.advance(SWEEP_MARGIN_NS + SECOND)
@@ -151,7 +151,7 @@ def test_a_starting_invocation_whose_start_was_lost_is_started(tmp_path: Path) -
 
 def test_a_launch_that_died_is_started_again_after_its_grace(tmp_path: Path) -> None:
     stack = embedded(tmp_path)
-    inv = stack.engine.trigger(TriggerRequest(job_id=JOB))
+    inv = stack.engine.trigger(TriggerRequest(job_id=JOB)).invocation
     # The launch's first commit happened, then the process died; its task was lost.
     stored = stack.engine.store.get(inv.id)
     assert stored is not None

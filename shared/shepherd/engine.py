@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -24,16 +24,22 @@ from .durations import MINUTE, SECOND, format_duration
 from .jobs import Job, JobsFile, Settings
 from .logs import bind_invocation
 from .model import (
+    IncomingTrigger,
     Invocation,
+    JobState,
+    LogEntry,
     LogKind,
     PubSubMessage,
     QueuedTask,
     Status,
     Timer,
+    Trigger,
     TriggerRequest,
+    TriggerStatus,
     timer_id,
 )
-from .ports import ConflictError, NotificationTopic, Store, TimerQueue
+from .policy import MAX_PENDING, decide, split_excess
+from .ports import ConflictError, NotificationTopic, Store, TimerQueue, Unavailable
 from .signing import BadToken, Signer
 from .tasks.base import TaskKind, TransientError
 
@@ -60,6 +66,8 @@ TIMEOUT_TIMER = "invocation-timeout"
 # A check this late is lost rather than slow: a delivery and its handler take seconds.
 SWEEP_MARGIN_NS = MINUTE
 SWEEP_LIMIT = 500  # per tick; the rest, earliest first, on the next ones
+# Triggers one triage may change: Firestore takes at most 500 writes in a transaction.
+TRIAGE_WRITES = 400
 # How long a launch in progress may take before the sweep hands its start again.
 START_GRACE_NS = 5 * MINUTE
 
@@ -84,6 +92,18 @@ class UnknownInvocation(LookupError):
 
 class InvocationFinished(Exception):
     pass
+
+
+class JobPaused(Exception):
+    """The job is paused: it takes no trigger until resumed."""
+
+
+@dataclass(frozen=True)
+class Triggered:
+    """A trigger as stored, and the invocation it started at once, if any."""
+
+    trigger: Trigger
+    invocation: Invocation | None
 
 
 class _Controller:
@@ -124,6 +144,10 @@ class _Controller:
     @property
     def request(self) -> TriggerRequest:
         return self.saved.request
+
+    @property
+    def triggers(self) -> Sequence[IncomingTrigger]:
+        return self.saved.incoming_triggers
 
     @property
     def settings(self) -> Settings:
@@ -203,6 +227,8 @@ class _Controller:
         self._pending = list(after.pending_timers)
         self._timers = []
         self._engine.queue.schedule([t.task(after.id) for t in new_timers])
+        if after.status.final and not before.status.final:
+            self._engine.triage_after_finish(after.job_id)
 
 
 @dataclass
@@ -214,6 +240,7 @@ class SweepResult:
     starts: int = 0  # start tasks handed again (STARTING)
     timeouts: int = 0  # timeout timers armed (past invocation_timeout)
     conflicts: int = 0  # changed under the sweep: left to the next tick
+    started: int = 0  # invocations its triages started (a triage after an end that was lost)
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -234,26 +261,155 @@ class Engine:
 
     # --- events -------------------------------------------------------------------------
 
-    def trigger(self, request: TriggerRequest) -> Invocation:
-        """Queues a new invocation (or finds the one of the same request_id) and its start."""
+    def trigger(self, request: TriggerRequest, order: int = 0) -> Triggered:
+        """Adds a trigger to its job's pending set (its request_id is its id: the same one
+        twice is one trigger), then triages the job."""
         if self.jobs.job(request.job_id) is None:
             raise UnknownJob(request.job_id)
-        now = self.clock.now_ns()
-        fresh = Invocation(
-            id=self.rng.randrange(10**18, 2**63),
+        state = self.store.get_job(request.job_id)
+        if state.paused:
+            reason = f": {state.paused_reason}" if state.paused_reason else ""
+            raise JobPaused(f'job "{request.job_id}" is paused{reason}')
+        fresh = Trigger(
+            id=request.request_id or f"{self.rng.getrandbits(64):016x}",
             job_id=request.job_id,
+            created_ns=self.clock.now_ns(),
             request=request,
+            order=order,
+        )
+        trigger = self.store.add_trigger(fresh)
+        if trigger.status is TriggerStatus.PENDING:
+            self.triage(request.job_id)
+            trigger = self.store.get_trigger(trigger.job_id, trigger.id) or trigger
+        inv = None
+        if trigger.invocation_id is not None:
+            inv = self.store.get(trigger.invocation_id)
+        if inv is not None and inv.status is Status.STARTING and inv.attempt == 0:
+            # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
+            self.queue.schedule([self._start_task(inv, 1, inv.created_ns)])
+        return Triggered(trigger, inv)
+
+    def triage(self, job_id: str) -> list[Invocation]:
+        """Applies the job's triggering policy to its pending triggers: starts the invocations
+        it asks for, each made of a batch of triggers and built from the newest, and discards
+        what it drops (all of them while the job is paused). One compare-and-swap on the job
+        and its triggers, so racing triages and duplicate events start nothing twice."""
+        job = self.jobs.job(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        for _ in range(CONFLICT_RETRIES):
+            state = self.store.get_job(job_id)
+            try:
+                started = self._triage_once(job, state)
+            except ConflictError:
+                continue
+            return started
+        raise RetryLater(f"job {job_id} kept changing under the triage")
+
+    def _triage_once(self, job: Job, state: JobState) -> list[Invocation]:
+        now = self.clock.now_ns()
+        active = tuple(i for i in state.active if not self._finished(i))
+        pending = self.store.list_pending(job.id, MAX_PENDING + TRIAGE_WRITES)
+        pending, dropped = split_excess(pending)
+        changed = [
+            t.evolve(status=TriggerStatus.DISCARDED, reason=f"more than {MAX_PENDING} pending")
+            for t in dropped
+        ]
+        created: list[tuple[Invocation, list[LogEntry]]] = []
+        if state.paused:
+            reason = "the job was paused"
+            changed += [t.evolve(status=TriggerStatus.DISCARDED, reason=reason) for t in pending]
+        else:
+            decision = decide(job.triggering_policy, now, len(active), pending)
+            changed += [
+                t.evolve(status=TriggerStatus.DISCARDED, reason=why)
+                for t, why in decision.discarded
+            ]
+        # What does not fit in one transaction stays pending for the next triage.
+        changed = changed[:TRIAGE_WRITES]
+        if not state.paused:
+            for batch in decision.batches:
+                if len(changed) + len(batch) > TRIAGE_WRITES:
+                    break  # the store's transaction is full: the next triage takes it
+                inv = self._new_invocation(job.id, batch, now)
+                changed += [
+                    t.evolve(status=TriggerStatus.STARTED, invocation_id=inv.id) for t in batch
+                ]
+                debug_log = DebugLog(self.clock)
+                debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
+                if len(batch) > 1:
+                    debug_log.write(
+                        LogKind.TRIGGER, f"Made of {len(batch)} triggers, the newest {batch[-1].id}"
+                    )
+                created.append((inv, debug_log.take()))
+        invocations = [inv for inv, _ in created]
+        after = state.evolve(active=active + tuple(i.id for i in invocations))
+        if not changed and after == state:
+            return []
+        self.store.triage(after.evolve(version=state.version + 1), state.version, changed, created)
+        self.queue.schedule([self._start_task(inv, 1, now) for inv in invocations])
+        return invocations
+
+    def _new_invocation(self, job_id: str, batch: Sequence[Trigger], now: int) -> Invocation:
+        return Invocation(
+            id=self.rng.randrange(10**18, 2**63),
+            job_id=job_id,
+            request=batch[-1].request,
             created_ns=now,
             next_check_ns=now,  # its start task's ETA
+            triggers=tuple(t.incoming() for t in batch),
         )
-        debug_log = DebugLog(self.clock)
-        debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
-        inv = self.store.create(fresh, debug_log.take())
-        bind_invocation(inv.job_id, inv.id)
-        if inv.status is Status.STARTING and inv.attempt == 0:
-            # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
-            self.queue.schedule([self._start_task(inv, attempt=1, eta_ns=now)])
-        return inv
+
+    def triage_after_finish(self, job_id: str) -> None:
+        """An invocation ended, so a slot may be free. Best effort: the sweep triages every
+        job on each tick, so a failure here only delays the next invocation."""
+        try:
+            self.triage(job_id)
+        except (RetryLater, Unavailable) as e:
+            logger.warning("triage of %s after an invocation ended: %s", job_id, e)
+
+    def _finished(self, invocation_id: int) -> bool:
+        inv = self.store.get(invocation_id)
+        return inv is None or inv.status.final
+
+    def pause(self, job_id: str, reason: str = "") -> JobState:
+        """Pauses the job: its pending triggers are discarded, new ones refused, its schedule
+        stopped; running invocations go on."""
+        return self._set_paused(job_id, True, reason)
+
+    def resume(self, job_id: str) -> JobState:
+        return self._set_paused(job_id, False, "")
+
+    def _set_paused(self, job_id: str, paused: bool, reason: str) -> JobState:
+        if self.jobs.job(job_id) is None:
+            raise UnknownJob(job_id)
+        for _ in range(CONFLICT_RETRIES):
+            state = self.store.get_job(job_id)
+            if state.paused == paused and state.paused_reason == reason:
+                break
+            after = state.evolve(paused=paused, paused_reason=reason, version=state.version + 1)
+            try:
+                self.store.triage(after, state.version, [], [])
+            except ConflictError:
+                continue
+            break
+        else:
+            raise RetryLater(f"job {job_id} kept changing")
+        if paused:
+            self.triage(job_id)  # discards what was pending
+        return self.store.get_job(job_id)
+
+    def abort_job(self, job_id: str, by: str = "user") -> list[Invocation]:
+        """Aborts every running invocation of the job."""
+        if self.jobs.job(job_id) is None:
+            raise UnknownJob(job_id)
+        aborted = []
+        for invocation_id in self.store.get_job(job_id).active:
+            try:
+                aborted.append(self.abort(invocation_id, by))
+            except (InvocationFinished, UnknownInvocation):
+                continue
+        return aborted
 
     def handle_task(self, invocation_id: int, tid: str, name: str) -> Outcome:
         """A delivery from the timer queue: an invocation's start, or one of its timers."""
@@ -409,7 +565,12 @@ class Engine:
             tasks += due
             result.timers += len(due)
         self.queue.schedule(tasks)
-        if overdue:
+        for job_id in self.jobs.jobs:
+            try:
+                result.started += len(self.triage(job_id))
+            except RetryLater:
+                result.conflicts += 1
+        if overdue or result.started:
             logger.info("sweep: %s", result.to_json())
         return result
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .model import Invocation, LogEntry, QueuedTask
+from .model import Invocation, JobState, LogEntry, QueuedTask, Trigger
 
 
 @dataclass
@@ -64,6 +64,34 @@ class Store(Protocol):
     def list_overdue(self, before_ns: int, limit: int) -> list[Invocation]:
         """Up to `limit` invocations whose `next_check_ns` is before `before_ns`, earliest
         first: one query on an index of that field, never a scan of every invocation."""
+        ...
+
+    # --- triggers and jobs ---
+
+    def add_trigger(self, trigger: Trigger) -> Trigger:
+        """Stores a new trigger, or returns the one already stored under its job and id."""
+        ...
+
+    def get_trigger(self, job_id: str, trigger_id: str) -> Trigger | None: ...
+
+    def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
+        """The job's PENDING triggers, oldest first (created_ns, order, id), at most `limit`."""
+        ...
+
+    def get_job(self, job_id: str) -> JobState:
+        """The job's state; a job never changed has the default one (version 0)."""
+        ...
+
+    def triage(
+        self,
+        job: JobState,
+        expected_version: int,
+        triggers: Sequence[Trigger],
+        invocations: Sequence[tuple[Invocation, Sequence[LogEntry]]],
+    ) -> None:
+        """One transaction: replaces the job's state if its stored version is still
+        `expected_version`, replaces `triggers` (each must still be PENDING) and creates
+        `invocations` with their first log lines; raises ConflictError otherwise."""
         ...
 
 

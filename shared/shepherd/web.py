@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from flask import Request, Response, has_request_context
 from flask import request as current_request
@@ -20,8 +21,9 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
 from .debuglog import format_log
-from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
+from .engine import InvocationFinished, JobPaused, RetryLater, UnknownInvocation, UnknownJob
 from .logs import request_scope
+from .policy import MAX_PENDING
 from .model import PubSubMessage
 from .ports import Unavailable
 from .schemas import PushedMessage, TimerBody, TriggerBody
@@ -33,8 +35,13 @@ from .views import (
     InvocationList,
     InvocationView,
     InvocationWithLog,
+    JobDetail,
+    JobList,
+    JobView,
     TimerHandled,
     Triggered,
+    TriggerView,
+    job_fields,
     to_json,
 )
 
@@ -155,11 +162,15 @@ def trigger(request: Request) -> Response:
     _require(request, "POST")
     body = TriggerBody.model_validate(_body(request))
     try:
-        inv = get_service().engine.trigger(body.to_request())
+        done = get_service().engine.trigger(body.to_request())
     except UnknownJob:
         return _error(404, f'unknown job "{body.job}"')
-    logger.info("triggered invocation %d of %s", inv.id, inv.job_id)
-    return _answer(202, Triggered(str(inv.id), f"/api/invocations/{inv.id}"))
+    except JobPaused as e:
+        return _error(409, str(e))
+    trigger, inv = done.trigger, done.invocation
+    logger.info("trigger %s of %s: %s", trigger.id, trigger.job_id, trigger.status)
+    url = f"/api/jobs/{quote(trigger.job_id, safe='')}/triggers/{quote(trigger.id, safe='')}"
+    return _answer(202, Triggered(trigger.id, None if inv is None else str(inv.id), url))
 
 
 # --- on_timer --------------------------------------------------------------------------
@@ -272,15 +283,81 @@ def api(request: Request) -> Response:
         if action:
             return _error(404, f'no such route "{request.path}"')
         return _answer(200, InvocationWithLog.of_logged(found, entries))
-    if parts[0] == "jobs" and len(parts) >= 3 and parts[-1] == "invocations":
-        _require(request, "GET")
-        job_id = "/".join(parts[1:-1])
-        if get_service().engine.jobs.job(job_id) is None:
-            return _error(404, f'unknown job "{job_id}"')
-        invocations = store.list_invocations(job_id)
-        views = tuple(InvocationView.of(i) for i in invocations)
-        return _answer(200, InvocationList(views))
+    if parts[0] == "jobs":
+        return _jobs(request, parts[1:])
     return _error(404, f'no such route "{request.path}"')
+
+
+def _jobs(request: Request, parts: list[str]) -> Response:
+    """/api/jobs[/<project>/<name>[/invocations | /triggers/<id> | /pause | /resume | /abort]]:
+    a job id is always "<project>/<name>" (neither part holds a "/"), a trigger id is the rest
+    of the path."""
+    engine = get_service().engine
+    if not parts:
+        _require(request, "GET")
+        return _answer(200, JobList(tuple(_job_view(job_id) for job_id in engine.jobs.jobs)))
+    job_id, rest = "/".join(parts[:2]), parts[2:]
+    if engine.jobs.job(job_id) is None:
+        return _error(404, f'unknown job "{job_id}"')
+    action = rest[0] if rest else ""
+    if action == "invocations" and len(rest) == 1:
+        _require(request, "GET")
+        views = tuple(InvocationView.of(i) for i in engine.store.list_invocations(job_id))
+        return _answer(200, InvocationList(views))
+    if action == "triggers" and len(rest) > 1:
+        _require(request, "GET")
+        trigger_id = request.path.split("/triggers/", 1)[1]
+        found = engine.store.get_trigger(job_id, trigger_id)
+        if found is None:
+            return _error(404, f'no trigger "{trigger_id}" in job "{job_id}"')
+        return _answer(200, TriggerView.of(found))
+    if action in ("pause", "resume", "abort") and len(rest) == 1:
+        _require(request, "POST")
+        if action == "pause":
+            body = _body(request) if request.get_data(cache=True) else {}
+            reason = body.get("reason", "") if isinstance(body, dict) else None
+            if not isinstance(reason, str):
+                return _error(400, 'the body must be {"reason": "<text>"}')
+            engine.pause(job_id, reason)
+        elif action == "resume":
+            engine.resume(job_id)
+        else:
+            engine.abort_job(job_id)
+        return _answer(200, _job_detail(job_id))
+    if not rest:
+        _require(request, "GET")
+        return _answer(200, _job_detail(job_id))
+    return _error(404, f'no such route "{request.path}"')
+
+
+def _job_state(job_id: str) -> dict[str, Any]:
+    engine = get_service().engine
+    job = engine.jobs.jobs[job_id]
+    state = engine.store.get_job(job_id)
+    pending = engine.store.list_pending(job_id, MAX_PENDING)
+    running = [i for i in map(engine.store.get, state.active) if i and not i.status.final]
+    newest = engine.store.list_invocations(job_id, limit=1)
+    schedule = job.schedule.text if job.schedule else None
+    fields = job_fields(
+        job_id, job.kind, schedule, state, pending, running, newest[0] if newest else None
+    )
+    return {"fields": fields, "state": state, "pending": pending, "running": running}
+
+
+def _job_view(job_id: str) -> JobView:
+    return JobView(**_job_state(job_id)["fields"])
+
+
+def _job_detail(job_id: str) -> JobDetail:
+    found = _job_state(job_id)
+    policy = get_service().engine.jobs.jobs[job_id].triggering_policy
+    return JobDetail(
+        **found["fields"],
+        paused_reason=found["state"].paused_reason,
+        triggering_policy=policy.to_json(),
+        pending_triggers=tuple(TriggerView.of(t) for t in found["pending"]),
+        running_invocations=tuple(InvocationView.of(i) for i in found["running"]),
+    )
 
 
 def _html_page(request: Request) -> Response:

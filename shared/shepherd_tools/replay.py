@@ -131,7 +131,9 @@ class VirtualStack:
         self.client.close()
 
     def trigger(self) -> Invocation:
-        return self.engine.trigger(self.scenario.trigger.to_request())
+        started = self.engine.trigger(self.scenario.trigger.to_request()).invocation
+        assert started is not None, "a scenario's job runs one invocation at a time"
+        return started
 
     def next_time(self) -> int | None:
         """When something happens next: a build step, a delivery, or a due task."""

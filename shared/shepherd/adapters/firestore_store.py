@@ -7,7 +7,13 @@ Layout:
 - `invocations/{id}/log/{mutation count, 8 digits}`: the lines one change appended, so an event
   costs one read and two writes however many lines it logs; each entry is `t` (time), `x`
   (text), `k` (kind) and `c` (the outbound call, when it records one);
-- `requests/{quoted job id}:{sha256 of the request id}`: the invocation a request id started.
+- `requests/{quoted job id}:{sha256 of the request id}`: the invocation a request id started;
+- `triggers/{quoted job id}:{sha256 of the trigger id}`: a trigger (`state`) and the fields its
+  job's pending query reads (`job_id`, `status`, `created_ns`, `order`, `id`; composite index in
+  terraform/firestore.indexes.json); triggers arrive as documents of their own, so adding one
+  never contends with its job's document;
+- `jobs/{quoted job id}`: the job's state (`state`) and its `version`, the triage's
+  compare-and-swap.
 Job ids carry "/" and spaces, so they are percent-quoted wherever they name a document.
 
 Firestore's transient errors (unavailable, deadline, internal, exhausted, an abort outside the
@@ -31,12 +37,14 @@ from google.api_core import exceptions as gexc
 from google.api_core import retry as retries
 from google.cloud import firestore
 
-from ..model import Invocation, LogEntry, LogKind, Status
+from ..model import Invocation, JobState, LogEntry, LogKind, Status, Trigger, TriggerStatus
 from ..ports import ConflictError, StoreStats, StoreUnavailable
 from .google_errors import describe, transient_cause
 
 INVOCATIONS = "invocations"
 REQUESTS = "requests"
+TRIGGERS = "triggers"
+JOBS = "jobs"
 LOG = "log"
 ACTIVE = [Status.STARTING.value, Status.RUNNING.value]
 VERSIONS_KEPT = 10_000
@@ -148,6 +156,8 @@ class FirestoreStore:
         self.stats = StoreStats()
         self._invocations = client.collection(prefix + INVOCATIONS)
         self._requests = client.collection(prefix + REQUESTS)
+        self._triggers = client.collection(prefix + TRIGGERS)
+        self._jobs = client.collection(prefix + JOBS)
 
     def _doc(self, invocation_id: int) -> Any:
         return self._invocations.document(str(invocation_id))
@@ -305,3 +315,103 @@ class FirestoreStore:
         self.stats.reads += max(1, len(found))  # Firestore bills an empty query one read
         self.stats.queries += 1
         return found
+
+    # --- triggers and jobs ---
+
+    def _trigger_doc(self, job_id: str, trigger_id: str) -> Any:
+        return self._triggers.document(request_doc_id(job_id, trigger_id))
+
+    @staticmethod
+    def _trigger_fields(trigger: Trigger) -> dict[str, Any]:
+        return {
+            "job_id": trigger.job_id,
+            "id": trigger.id,
+            "status": trigger.status.value,
+            "created_ns": trigger.created_ns,
+            "order": trigger.order,
+            "state": json.dumps(trigger.to_dict()),
+        }
+
+    @_translated
+    def add_trigger(self, trigger: Trigger) -> Trigger:
+        ref = self._trigger_doc(trigger.job_id, trigger.id)
+        try:
+            ref.create(self._trigger_fields(trigger))
+        except gexc.AlreadyExists:
+            found = self.get_trigger(trigger.job_id, trigger.id)
+            assert found is not None  # triggers are never deleted
+            return found
+        self.stats.writes += 1
+        return trigger
+
+    @_translated
+    def get_trigger(self, job_id: str, trigger_id: str) -> Trigger | None:
+        snapshot = self._trigger_doc(job_id, trigger_id).get()
+        self.stats.reads += 1
+        return Trigger.from_dict(json.loads(snapshot.get("state"))) if snapshot.exists else None
+
+    @_translated
+    def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
+        query = (
+            self._triggers.where(filter=firestore.FieldFilter("job_id", "==", job_id))
+            .where(filter=firestore.FieldFilter("status", "==", TriggerStatus.PENDING.value))
+            .order_by("created_ns")
+            .order_by("order")
+            .order_by("id")
+            .limit(limit)
+        )
+        found = [Trigger.from_dict(json.loads(doc.get("state"))) for doc in self._stream(query)]
+        self.stats.reads += max(1, len(found))
+        self.stats.queries += 1
+        return found
+
+    @_translated
+    def get_job(self, job_id: str) -> JobState:
+        snapshot = self._jobs.document(quote(job_id, safe="")).get()
+        self.stats.reads += 1
+        if not snapshot.exists:
+            return JobState(job_id)
+        return JobState.from_dict(json.loads(snapshot.get("state")))
+
+    @_translated
+    def triage(
+        self,
+        job: JobState,
+        expected_version: int,
+        triggers: Sequence[Trigger],
+        invocations: Sequence[tuple[Invocation, Sequence[LogEntry]]],
+    ) -> None:
+        job_ref = self._jobs.document(quote(job.job_id, safe=""))
+        refs = [self._trigger_doc(t.job_id, t.id) for t in triggers]
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> None:
+            stored = job_ref.get(transaction=txn)
+            if (stored.get("version") if stored.exists else 0) != expected_version:
+                raise ConflictError(f"job {job.job_id} was changed by someone else")
+            for ref, trigger in zip(refs, triggers, strict=True):
+                found = ref.get(transaction=txn)
+                if not found.exists or found.get("status") != TriggerStatus.PENDING.value:
+                    raise ConflictError(f"trigger {trigger.id} is no longer pending")
+            txn.set(job_ref, {"version": job.version, "state": json.dumps(job.to_dict())})
+            for ref, trigger in zip(refs, triggers, strict=True):
+                txn.set(ref, self._trigger_fields(trigger))
+            for invocation, log in invocations:
+                txn.create(self._doc(invocation.id), _fields(invocation))
+                if log:
+                    txn.create(
+                        self._log(invocation.id, invocation.mutation_count),
+                        _log_doc(log, self._retention_ns),
+                    )
+
+        try:
+            run(self._db.transaction(max_attempts=TRANSACTION_ATTEMPTS))
+        except (gexc.Aborted, gexc.Conflict, gexc.AlreadyExists) as e:
+            raise ConflictError(f"job {job.job_id}: {e}") from e
+        except ValueError as e:
+            if not isinstance(e.__cause__, gexc.Aborted):
+                raise
+            raise ConflictError(f"job {job.job_id}: {e}") from e
+        self.stats.reads += 1 + len(triggers)
+        self.stats.writes += 1 + len(triggers) + 2 * len(invocations)
+        self.stats.transactions += 1

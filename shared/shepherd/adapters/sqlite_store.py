@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..model import Invocation, LogEntry, LogKind
+from ..model import Invocation, JobState, LogEntry, LogKind, Trigger, TriggerStatus
 from ..ports import ConflictError, StoreStats
 from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 
@@ -41,6 +41,22 @@ CREATE TABLE IF NOT EXISTS log_lines (
     kind TEXT NOT NULL DEFAULT 'info',
     call TEXT,
     PRIMARY KEY (invocation_id, mutation_count, idx)
+);
+CREATE TABLE IF NOT EXISTS triggers (
+    job_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    ord INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, id)
+);
+CREATE INDEX IF NOT EXISTS triggers_pending ON triggers (job_id, created_ns, ord, id)
+    WHERE status = 'PENDING';
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
 );
 """
 # Columns added since the first schema: a file written before them gains them on open.
@@ -109,7 +125,6 @@ class SqliteStore:
 
     def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
         request_id = invocation.request.request_id
-        status, count, data, next_check = self._row(invocation)
         with self._transaction(write=True) as db:
             if request_id is not None:
                 found = db.execute(
@@ -119,6 +134,19 @@ class SqliteStore:
                 self.stats.reads += 1
                 if found:
                     return Invocation.from_dict(json.loads(found[0]))
+            self._insert(db, invocation, log, request_id)
+            self.stats.transactions += 1
+        return invocation
+
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        invocation: Invocation,
+        log: Sequence[LogEntry],
+        request_id: str | None = None,
+    ) -> None:
+        status, count, data, next_check = self._row(invocation)
+        try:
             db.execute(
                 "INSERT INTO invocations (id, job_id, request_id, status, mutation_count,"
                 " created_ns, data, next_check_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -133,10 +161,10 @@ class SqliteStore:
                     next_check,
                 ),
             )
-            self._append_log(db, invocation, log)
-            self.stats.writes += 1
-            self.stats.transactions += 1
-        return invocation
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"invocation {invocation.id} exists already") from None
+        self._append_log(db, invocation, log)
+        self.stats.writes += 1
 
     def get(self, invocation_id: int) -> Invocation | None:
         with self._transaction() as db:
@@ -201,3 +229,93 @@ class SqliteStore:
         self.stats.reads += len(rows)
         self.stats.queries += 1
         return [Invocation.from_dict(json.loads(r[0])) for r in rows]
+
+    # --- triggers and jobs ---
+
+    def add_trigger(self, trigger: Trigger) -> Trigger:
+        with self._transaction(write=True) as db:
+            found = db.execute(
+                "SELECT data FROM triggers WHERE job_id = ? AND id = ?",
+                (trigger.job_id, trigger.id),
+            ).fetchone()
+            self.stats.reads += 1
+            if found:
+                return Trigger.from_dict(json.loads(found[0]))
+            db.execute(
+                "INSERT INTO triggers (job_id, id, status, created_ns, ord, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    trigger.job_id,
+                    trigger.id,
+                    trigger.status.value,
+                    trigger.created_ns,
+                    trigger.order,
+                    json.dumps(trigger.to_dict()),
+                ),
+            )
+            self.stats.writes += 1
+            self.stats.transactions += 1
+        return trigger
+
+    def get_trigger(self, job_id: str, trigger_id: str) -> Trigger | None:
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT data FROM triggers WHERE job_id = ? AND id = ?", (job_id, trigger_id)
+            ).fetchone()
+        self.stats.reads += 1
+        return Trigger.from_dict(json.loads(found[0])) if found else None
+
+    def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT data FROM triggers WHERE job_id = ? AND status = 'PENDING'"
+                " ORDER BY created_ns, ord, id LIMIT ?",
+                (job_id, limit),
+            ).fetchall()
+        self.stats.reads += len(rows)
+        self.stats.queries += 1
+        return [Trigger.from_dict(json.loads(r[0])) for r in rows]
+
+    def get_job(self, job_id: str) -> JobState:
+        with self._transaction() as db:
+            found = db.execute("SELECT data FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        self.stats.reads += 1
+        return JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
+
+    def triage(
+        self,
+        job: JobState,
+        expected_version: int,
+        triggers: Sequence[Trigger],
+        invocations: Sequence[tuple[Invocation, Sequence[LogEntry]]],
+    ) -> None:
+        with self._transaction(write=True) as db:
+            found = db.execute(
+                "SELECT version FROM jobs WHERE job_id = ?", (job.job_id,)
+            ).fetchone()
+            if (found[0] if found else 0) != expected_version:
+                raise ConflictError(f"job {job.job_id} was changed by someone else")
+            db.execute(
+                "INSERT INTO jobs (job_id, version, data) VALUES (?, ?, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET version = excluded.version,"
+                " data = excluded.data",
+                (job.job_id, job.version, json.dumps(job.to_dict())),
+            )
+            for trigger in triggers:
+                updated = db.execute(
+                    "UPDATE triggers SET status = ?, data = ?"
+                    " WHERE job_id = ? AND id = ? AND status = ?",
+                    (
+                        trigger.status.value,
+                        json.dumps(trigger.to_dict()),
+                        trigger.job_id,
+                        trigger.id,
+                        TriggerStatus.PENDING.value,
+                    ),
+                ).rowcount
+                if updated != 1:
+                    raise ConflictError(f"trigger {trigger.id} is no longer pending")
+            for invocation, log in invocations:
+                self._insert(db, invocation, log)
+            self.stats.writes += 1 + len(triggers)
+            self.stats.transactions += 1
