@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from kinds import sleep_engine
-from shepherd.durations import MINUTE, SECOND
+from shepherd.durations import HOUR, MINUTE, SECOND
 from shepherd.engine import Outcome
 from shepherd.jobs import ConfigError, load_jobs, parse_jobs
 from shepherd.model import QueuedTask, Status, TriggerRequest
+from shepherd.policy import TriggeringPolicy
 from shepherd.tasks.registry import CONFIG_MODELS
 
 GOOD_JOB = {
@@ -61,6 +62,40 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
         ([{**GOOD_JOB, "id": "no-project"}], None, 'field "id"'),
         ([GOOD_JOB], {"status_check_min": "10m", "status_check_max": "1m"}, "must not exceed"),
         ([GOOD_JOB], {"status_check_min": "5 minutes"}, 'field "status_check_min"'),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"kind": "newest"}}],
+            None,
+            'job "chromium/Windows deterministic": field "triggering_policy": '
+            'unrecognized policy kind "newest"',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"max_concurrent_invocations": 0}}],
+            None,
+            'field "triggering_policy": max_concurrent_invocations should be positive, got 0',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"pending_timeout": "1h"}}],
+            None,
+            'field "triggering_policy": pending_timeout is set with kind "greedy_batching"',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"kind": "logarithmic_batching", "log_base": 1}}],
+            None,
+            'field "triggering_policy": log_base should be larger or equal 1.0001, got 1.000000',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"max_batch": 5}}],
+            None,
+            'field "triggering_policy": unknown key "max_batch"',
+        ),
+        ([{**GOOD_JOB, "triggering_policy": "greedy"}], None, 'field "triggering_policy": should'),
+        (
+            [{**GOOD_JOB, "triggering_policy": {}, "max_concurrent_invocations": 2}],
+            None,
+            'job "chromium/Windows deterministic": field "max_concurrent_invocations": '
+            'not allowed beside "triggering_policy"',
+        ),
+        ([{**GOOD_JOB, "max_concurrent_invocations": 101}], None, "less than or equal to 100"),
     ],
 )
 def test_bad_files_are_refused_naming_file_job_and_field(
@@ -70,6 +105,29 @@ def test_bad_files_are_refused_naming_file_job_and_field(
         parse(jobs, settings)
     assert str(error.value).startswith("jobs.toml: ")
     assert message in str(error.value)
+
+
+def test_triggering_policy_and_the_older_max_concurrent_invocations(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(
+        '[[jobs]]\nid = "a/newest"\nserver = "http://127.0.0.1:8081"\nbucket = "ci"\n'
+        'builder = "b"\ntriggering_policy = {kind = "newest_first", max_concurrent_invocations'
+        ' = 3, pending_timeout = "2h"}\n\n[[jobs]]\nid = "a/old"\nserver = "http://127.0.0.1:8081"'
+        '\nbucket = "ci"\nbuilder = "b"\nmax_concurrent_invocations = 4\n\n[[jobs]]\nid = "a/plain"'
+        '\nserver = "http://127.0.0.1:8081"\nbucket = "ci"\nbuilder = "b"\n'
+    )
+    jobs = load_jobs(path, CONFIG_MODELS).jobs
+    newest = jobs["a/newest"].triggering_policy
+    assert (newest.kind, newest.max_concurrent_invocations, newest.pending_timeout_ns) == (
+        "newest_first",
+        3,
+        2 * HOUR,
+    )
+    assert jobs["a/newest"].max_concurrent_invocations == 3
+    assert jobs["a/old"].triggering_policy == TriggeringPolicy(max_concurrent_invocations=4)
+    assert jobs["a/old"].max_concurrent_invocations == 4
+    assert jobs["a/plain"].triggering_policy == TriggeringPolicy()
+    assert not hasattr(jobs["a/plain"].config, "triggering_policy")
 
 
 def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
