@@ -73,7 +73,14 @@ def embedded(tmp_path: Path, seconds: int = 600, timeout: str = "24h") -> Embedd
     jobs = parse_jobs(
         {
             "settings": {"invocation_timeout": timeout},
-            "jobs": [{"id": JOB, "kind": "sleep", "seconds": seconds}],
+            "jobs": [
+                {
+                    "id": JOB,
+                    "kind": "sleep",
+                    "seconds": seconds,
+                    "triggering_policy": {"max_concurrent_invocations": 10},
+                }
+            ],
         },
         "jobs.toml",
         {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
@@ -268,4 +275,11 @@ def test_the_scheduler_function_sweeps_and_says_what_it_did(dev: Any) -> None:
     assert answer.status_code == 200
     body = answer.json()
     assert body["results"] == []
-    assert body["sweep"] == {"overdue": 0, "timers": 0, "starts": 0, "timeouts": 0, "conflicts": 0}
+    assert body["sweep"] == {
+        "overdue": 0,
+        "timers": 0,
+        "starts": 0,
+        "timeouts": 0,
+        "conflicts": 0,
+        "started": 0,
+    }

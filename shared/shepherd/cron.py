@@ -85,8 +85,6 @@ def run_schedules(engine: Engine, now_ns: int) -> list[TickResult]:
             continue
         inv = done.invocation
         results.append(
-            TickResult(
-                job.id, "triggered", job.schedule.text, inv and inv.id, done.trigger.id
-            )
+            TickResult(job.id, "triggered", job.schedule.text, inv and inv.id, done.trigger.id)
         )
     return results

@@ -278,13 +278,14 @@ class Engine:
             order=order,
         )
         trigger = self.store.add_trigger(fresh)
+        repeated = trigger is not fresh
         if trigger.status is TriggerStatus.PENDING:
             self.triage(request.job_id)
             trigger = self.store.get_trigger(trigger.job_id, trigger.id) or trigger
         inv = None
         if trigger.invocation_id is not None:
             inv = self.store.get(trigger.invocation_id)
-        if inv is not None and inv.status is Status.STARTING and inv.attempt == 0:
+        if repeated and inv is not None and inv.status is Status.STARTING and inv.attempt == 0:
             # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
             self.queue.schedule([self._start_task(inv, 1, inv.created_ns)])
         return Triggered(trigger, inv)
@@ -363,6 +364,8 @@ class Engine:
     def triage_after_finish(self, job_id: str) -> None:
         """An invocation ended, so a slot may be free. Best effort: the sweep triages every
         job on each tick, so a failure here only delays the next invocation."""
+        if self.jobs.job(job_id) is None:
+            return  # the job left the job file: nothing of it starts any more
         try:
             self.triage(job_id)
         except (RetryLater, Unavailable) as e:

@@ -23,8 +23,8 @@ from .auth import Unauthorized
 from .debuglog import format_log
 from .engine import InvocationFinished, JobPaused, RetryLater, UnknownInvocation, UnknownJob
 from .logs import request_scope
-from .policy import MAX_PENDING
 from .model import PubSubMessage
+from .policy import MAX_PENDING
 from .ports import Unavailable
 from .schemas import PushedMessage, TimerBody, TriggerBody
 from .service import get_service

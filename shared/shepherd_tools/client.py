@@ -102,7 +102,9 @@ class ShepherdClient:
         return self._view(InvocationView.from_json, self._call("POST", url))
 
     def jobs(self) -> list[dict[str, Any]]:
-        return self._view(lambda data: list(data["jobs"]), self._call("GET", f"{self.api_url}/jobs"))
+        return self._view(
+            lambda data: list(data["jobs"]), self._call("GET", f"{self.api_url}/jobs")
+        )
 
     def job(self, job_id: str, action: str = "", **body: Any) -> dict[str, Any]:
         """One job (GET), or pause / resume / abort it (POST): the job as it is then."""
