@@ -327,7 +327,7 @@ def test_defaults_and_json_form() -> None:
             "max_concurrent_invocations should be an integer, got true",
         ),
         ({"max_concurrent_invocations": 1.5}, "should be an integer, got 1.5"),
-        ({"max_concurrent_invocations": 101}, "max_concurrent_invocations should be at most 100"),
+        ({"max_concurrent_invocations": 1001}, "max_concurrent_invocations should be at most 1000"),
         ({"max_batch_size": 1001}, "max_batch_size should be at most 1000, got 1001"),
         (
             {"kind": "logarithmic_batching", "log_base": "2"},

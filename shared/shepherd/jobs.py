@@ -85,7 +85,7 @@ class _JobHeader(Model):
     schedule: Schedule | None = field(default=None, before=_schedule)
     triggering_policy: TriggeringPolicy | None = field(default=None, before=parse_policy)
     # The older spelling: sets the default policy's max_concurrent_invocations.
-    max_concurrent_invocations: int | None = field(default=None, minimum=1, maximum=100)
+    max_concurrent_invocations: int | None = field(default=None, minimum=1, maximum=1000)
 
     def check(self) -> None:
         if self.triggering_policy is not None and self.max_concurrent_invocations is not None:

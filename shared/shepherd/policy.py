@@ -20,7 +20,7 @@ KINDS = ("greedy_batching", "logarithmic_batching", "newest_first")
 DEFAULT_PENDING_TIMEOUT_NS = 168 * HOUR
 # luci's maxAllowedTriggers: the oldest pending triggers beyond it are dropped before `decide`.
 MAX_PENDING = 1000
-MAX_CONCURRENT_INVOCATIONS = 100
+MAX_CONCURRENT_INVOCATIONS = 1000
 MAX_BATCH_SIZE = 1000
 MIN_LOG_BASE = 1.0001
 
