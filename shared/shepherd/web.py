@@ -20,6 +20,7 @@ from flask import request as current_request
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
+from .csrf import SIMPLE_CONTENT_TYPES, BadFormToken, FormTokens, cross_origin, form_tokens
 from .debuglog import format_log
 from .engine import InvocationFinished, JobPaused, RetryLater, UnknownInvocation, UnknownJob
 from .logs import request_scope
@@ -313,16 +314,18 @@ def _jobs(request: Request, parts: list[str]) -> Response:
         return _answer(200, TriggerView.of(found))
     if action in ("pause", "resume", "abort") and len(rest) == 1:
         _require(request, "POST")
+        refused = cross_origin(request.headers, _hosts(request))
+        if refused is not None:
+            return _error(403, refused)
+        if request.mimetype in SIMPLE_CONTENT_TYPES:
+            return _job_form_post(request, job_id, action)
+        reason = ""
         if action == "pause":
             body = _body(request) if request.get_data(cache=True) else {}
             reason = body.get("reason", "") if isinstance(body, dict) else None
             if not isinstance(reason, str):
                 return _error(400, 'the body must be {"reason": "<text>"}')
-            engine.pause(job_id, reason)
-        elif action == "resume":
-            engine.resume(job_id)
-        else:
-            engine.abort_job(job_id)
+        _job_act(job_id, action, reason)
         return _answer(200, _job_detail(job_id))
     if not rest:
         _require(request, "GET")
@@ -360,20 +363,72 @@ def _job_detail(job_id: str) -> JobDetail:
     )
 
 
+def _job_act(job_id: str, action: str, reason: str) -> None:
+    engine = get_service().engine
+    if action == "pause":
+        engine.pause(job_id, reason)
+    elif action == "resume":
+        engine.resume(job_id)
+    else:
+        engine.abort_job(job_id)
+
+
+def _hosts(request: Request) -> set[str]:
+    """The names this request reached the service by: its Host, and a proxy's X-Forwarded-Host
+    (which a browser cannot set on a request to another origin without asking first)."""
+    forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    return {h.lower() for h in (request.host, forwarded) if h}
+
+
+def _form_tokens() -> FormTokens:
+    return form_tokens(get_service().engine.signer)
+
+
+def _job_form_post(request: Request, job_id: str, action: str) -> Response:
+    """A post of the page's form (or anything else a browser could send another site's way
+    without asking first): only with the page's token; 303 back to the job's page."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    request.max_content_length = MAX_BODY_BYTES
+    form = request.form
+    try:
+        _form_tokens().check(form.get("csrf", ""), job_id, get_service().engine.clock.now_ns())
+    except BadFormToken as e:
+        return _error(403, str(e))
+    _job_act(job_id, action, form.get("reason", "").strip() if action == "pause" else "")
+    # The page is at <base>/, the form's action at <base>/jobs/<project>/<name>/<action>.
+    return Response(status=303, headers={"Location": f"../../../?job={quote(job_id, safe='')}"})
+
+
 def _html_page(request: Request) -> Response:
     from . import webpage
 
     engine = get_service().engine
     now = engine.clock.now_ns()
+    if "job" in request.args:
+        return _html_job_page(request.args["job"], now)
     wanted = request.args.get("invocation")
     if wanted is None:
-        jobs = {
+        views = [_job_view(job_id) for job_id in engine.jobs.jobs]
+        listed = {
             job_id: engine.store.list_invocations(job_id, limit=20) for job_id in engine.jobs.jobs
         }
-        return Response(webpage.index_page(jobs, now), mimetype="text/html")
+        return Response(webpage.index_page(views, listed, now), mimetype="text/html")
     invocation_id = _invocation_id(wanted)
     inv = engine.store.get(invocation_id)
     if inv is None:
         return _error(404, f"no invocation {invocation_id}")
     page = webpage.invocation_page(inv, engine.store.read_log(invocation_id), now)
+    return Response(page, mimetype="text/html")
+
+
+def _html_job_page(job_id: str, now_ns: int) -> Response:
+    from . import webpage
+
+    engine = get_service().engine
+    if engine.jobs.job(job_id) is None:
+        return _error(404, f'unknown job "{job_id}"')
+    recent = engine.store.list_invocations(job_id, limit=20)
+    token = _form_tokens().issue(job_id, now_ns)
+    page = webpage.job_page(_job_detail(job_id), recent, token, now_ns)
     return Response(page, mimetype="text/html")
