@@ -36,9 +36,9 @@ BUILDSET = (
 COMMIT_TAGS = [BUILDSET, "gitiles_ref:refs/heads/main"]
 
 
-# Most end-to-end tests run many invocations of the one job at once; the triggering policy's
-# own tests give the job theirs.
-CONCURRENT = "triggering_policy = {max_concurrent_invocations = 1000}"
+# Most end-to-end tests run many invocations of the one job at once, one per trigger; the
+# triggering policies' own tests give the job theirs.
+CONCURRENT = "triggering_policy = {max_concurrent_invocations = 1000, max_batch_size = 1}"
 
 
 def write_jobs(path: Path, sim_url: str, policy: str = CONCURRENT, **settings: str) -> Path:

@@ -95,7 +95,7 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
             'job "chromium/Windows deterministic": field "max_concurrent_invocations": '
             'not allowed beside "triggering_policy"',
         ),
-        ([{**GOOD_JOB, "max_concurrent_invocations": 101}], None, "less than or equal to 100"),
+        ([{**GOOD_JOB, "max_concurrent_invocations": 1001}], None, "less than or equal to 1000"),
     ],
 )
 def test_bad_files_are_refused_naming_file_job_and_field(

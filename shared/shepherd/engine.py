@@ -39,7 +39,15 @@ from .model import (
     timer_id,
 )
 from .policy import MAX_PENDING, decide, split_excess
-from .ports import ConflictError, NotificationTopic, Store, TimerQueue, Unavailable
+from .ports import (
+    ConflictError,
+    NotificationTopic,
+    Store,
+    TimerQueue,
+    TriagePlan,
+    TriageView,
+    Unavailable,
+)
 from .signing import BadToken, Signer
 from .tasks.base import TaskKind, TransientError
 
@@ -290,35 +298,45 @@ class Engine:
             self.queue.schedule([self._start_task(inv, 1, inv.created_ns)])
         return Triggered(trigger, inv)
 
-    def triage(self, job_id: str) -> list[Invocation]:
+    def triage(self, job_id: str, pause: tuple[bool, str] | None = None) -> list[Invocation]:
         """Applies the job's triggering policy to its pending triggers: starts the invocations
         it asks for, each made of a batch of triggers and built from the newest, and discards
-        what it drops (all of them while the job is paused). One compare-and-swap on the job
-        and its triggers, so racing triages and duplicate events start nothing twice."""
+        what it drops (all of them while the job is paused; `pause` sets or clears that first).
+        One transaction over the job, its pending triggers and its active invocations, so
+        racing triages and duplicate events start nothing twice."""
         job = self.jobs.job(job_id)
         if job is None:
             raise UnknownJob(job_id)
-        for _ in range(CONFLICT_RETRIES):
-            state = self.store.get_job(job_id)
-            try:
-                started = self._triage_once(job, state)
-            except ConflictError:
-                continue
-            return started
-        raise RetryLater(f"job {job_id} kept changing under the triage")
+        try:
+            plan = self.store.triage(
+                job_id, MAX_PENDING + TRIAGE_WRITES, lambda view: self._plan(job, view, pause)
+            )
+        except ConflictError as e:
+            raise RetryLater(str(e)) from e
+        if plan is None:
+            return []
+        invocations = [inv for inv, _ in plan.invocations]
+        self.queue.schedule([self._start_task(i, 1, i.created_ns) for i in invocations])
+        return invocations
 
-    def _triage_once(self, job: Job, state: JobState) -> list[Invocation]:
+    def _plan(
+        self, job: Job, view: TriageView, pause: tuple[bool, str] | None
+    ) -> TriagePlan | None:
+        """The triage's decision over what its transaction read; no I/O (it may run twice)."""
         now = self.clock.now_ns()
-        active = tuple(i for i in state.active if not self._finished(i))
-        pending = self.store.list_pending(job.id, MAX_PENDING + TRIAGE_WRITES)
-        pending, dropped = split_excess(pending)
+        state = view.job
+        if pause is not None:
+            state = state.evolve(paused=pause[0], paused_reason=pause[1])
+        active = tuple(i for i in state.active if i not in view.finished)
+        pending, dropped = split_excess(view.pending)
         changed = [
             t.evolve(status=TriggerStatus.DISCARDED, reason=f"more than {MAX_PENDING} pending")
             for t in dropped
         ]
-        created: list[tuple[Invocation, list[LogEntry]]] = []
+        batches: tuple[tuple[Trigger, ...], ...] = ()
         if state.paused:
-            reason = "the job was paused"
+            why = f": {state.paused_reason}" if state.paused_reason else ""
+            reason = f"the job was paused{why}"
             changed += [t.evolve(status=TriggerStatus.DISCARDED, reason=reason) for t in pending]
         else:
             decision = decide(job.triggering_policy, now, len(active), pending)
@@ -326,30 +344,26 @@ class Engine:
                 t.evolve(status=TriggerStatus.DISCARDED, reason=why)
                 for t, why in decision.discarded
             ]
+            batches = decision.batches
         # What does not fit in one transaction stays pending for the next triage.
         changed = changed[:TRIAGE_WRITES]
-        if not state.paused:
-            for batch in decision.batches:
-                if len(changed) + len(batch) > TRIAGE_WRITES:
-                    break  # the store's transaction is full: the next triage takes it
-                inv = self._new_invocation(job.id, batch, now)
-                changed += [
-                    t.evolve(status=TriggerStatus.STARTED, invocation_id=inv.id) for t in batch
-                ]
-                debug_log = DebugLog(self.clock)
-                debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
-                if len(batch) > 1:
-                    debug_log.write(
-                        LogKind.TRIGGER, f"Made of {len(batch)} triggers, the newest {batch[-1].id}"
-                    )
-                created.append((inv, debug_log.take()))
-        invocations = [inv for inv, _ in created]
-        after = state.evolve(active=active + tuple(i.id for i in invocations))
-        if not changed and after == state:
-            return []
-        self.store.triage(after.evolve(version=state.version + 1), state.version, changed, created)
-        self.queue.schedule([self._start_task(inv, 1, now) for inv in invocations])
-        return invocations
+        created: list[tuple[Invocation, tuple[LogEntry, ...]]] = []
+        for batch in batches:
+            if len(changed) + len(batch) > TRIAGE_WRITES:
+                break
+            inv = self._new_invocation(job.id, batch, now)
+            changed += [t.evolve(status=TriggerStatus.STARTED, invocation_id=inv.id) for t in batch]
+            debug_log = DebugLog(self.clock)
+            debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
+            if len(batch) > 1:
+                debug_log.write(
+                    LogKind.TRIGGER, f"Made of {len(batch)} triggers, the newest {batch[-1].id}"
+                )
+            created.append((inv, tuple(debug_log.take())))
+        after = state.evolve(active=active + tuple(inv.id for inv, _ in created))
+        if not changed and after == view.job:
+            return None
+        return TriagePlan(after, tuple(changed), tuple(created))
 
     def _new_invocation(self, job_id: str, batch: Sequence[Trigger], now: int) -> Invocation:
         return Invocation(
@@ -371,35 +385,14 @@ class Engine:
         except (RetryLater, Unavailable) as e:
             logger.warning("triage of %s after an invocation ended: %s", job_id, e)
 
-    def _finished(self, invocation_id: int) -> bool:
-        inv = self.store.get(invocation_id)
-        return inv is None or inv.status.final
-
     def pause(self, job_id: str, reason: str = "") -> JobState:
         """Pauses the job: its pending triggers are discarded, new ones refused, its schedule
         stopped; running invocations go on."""
-        return self._set_paused(job_id, True, reason)
+        self.triage(job_id, pause=(True, reason))
+        return self.store.get_job(job_id)
 
     def resume(self, job_id: str) -> JobState:
-        return self._set_paused(job_id, False, "")
-
-    def _set_paused(self, job_id: str, paused: bool, reason: str) -> JobState:
-        if self.jobs.job(job_id) is None:
-            raise UnknownJob(job_id)
-        for _ in range(CONFLICT_RETRIES):
-            state = self.store.get_job(job_id)
-            if state.paused == paused and state.paused_reason == reason:
-                break
-            after = state.evolve(paused=paused, paused_reason=reason, version=state.version + 1)
-            try:
-                self.store.triage(after, state.version, [], [])
-            except ConflictError:
-                continue
-            break
-        else:
-            raise RetryLater(f"job {job_id} kept changing")
-        if paused:
-            self.triage(job_id)  # discards what was pending
+        self.triage(job_id, pause=(False, ""))
         return self.store.get_job(job_id)
 
     def abort_job(self, job_id: str, by: str = "user") -> list[Invocation]:

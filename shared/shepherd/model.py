@@ -321,13 +321,12 @@ class Trigger:
 class JobState:
     """What the store keeps of a job between events: whether it is paused, and the
     invocations that count against its max_concurrent_invocations (from their creation until
-    a triage sees them finished). `version` rises with every change (compare-and-swap)."""
+    a triage sees them finished)."""
 
     job_id: str
     paused: bool = False
     paused_reason: str = ""
     active: tuple[int, ...] = ()
-    version: int = 0
 
     def evolve(self, **changes: Any) -> JobState:
         return replace(self, **changes)
@@ -338,7 +337,6 @@ class JobState:
             "paused": self.paused,
             "paused_reason": self.paused_reason,
             "active": [str(i) for i in self.active],
-            "version": self.version,
         }
 
     @classmethod
@@ -348,7 +346,6 @@ class JobState:
             paused=data.get("paused", False),
             paused_reason=data.get("paused_reason", ""),
             active=tuple(int(i) for i in data.get("active", ())),
-            version=data.get("version", 0),
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +28,25 @@ class Unavailable(Exception):
 
     Adapters translate their libraries' transient errors into it; the functions answer 503,
     so that Cloud Tasks and Pub/Sub deliver again."""
+
+
+@dataclass(frozen=True)
+class TriageView:
+    """What a triage reads of its job, in its transaction."""
+
+    job: JobState
+    pending: tuple[Trigger, ...]  # oldest first (created_ns, order, id)
+    finished: frozenset[int]  # the job's active invocations that are final (or gone)
+
+
+@dataclass(frozen=True)
+class TriagePlan:
+    """What a triage writes: the job's new state, the triggers it took or dropped, and the
+    invocations it creates with their first log lines."""
+
+    job: JobState
+    triggers: tuple[Trigger, ...] = ()
+    invocations: tuple[tuple[Invocation, tuple[LogEntry, ...]], ...] = ()
 
 
 class StoreUnavailable(Unavailable):
@@ -79,19 +98,16 @@ class Store(Protocol):
         ...
 
     def get_job(self, job_id: str) -> JobState:
-        """The job's state; a job never changed has the default one (version 0)."""
+        """The job's state; a job never changed has the default one."""
         ...
 
     def triage(
-        self,
-        job: JobState,
-        expected_version: int,
-        triggers: Sequence[Trigger],
-        invocations: Sequence[tuple[Invocation, Sequence[LogEntry]]],
-    ) -> None:
-        """One transaction: replaces the job's state if its stored version is still
-        `expected_version`, replaces `triggers` (each must still be PENDING) and creates
-        `invocations` with their first log lines; raises ConflictError otherwise."""
+        self, job_id: str, limit: int, plan: Callable[[TriageView], TriagePlan | None]
+    ) -> TriagePlan | None:
+        """One transaction: reads the job's state, its oldest `limit` PENDING triggers and which
+        of its active invocations have finished, hands them to `plan`, and writes what the plan
+        returns (nothing for None). `plan` may run more than once (a contended transaction is
+        tried again) and must not do I/O."""
         ...
 
 

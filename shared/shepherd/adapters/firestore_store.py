@@ -12,8 +12,8 @@ Layout:
   job's pending query reads (`job_id`, `status`, `created_ns`, `order`, `id`; composite index in
   terraform/firestore.indexes.json); triggers arrive as documents of their own, so adding one
   never contends with its job's document;
-- `jobs/{quoted job id}`: the job's state (`state`) and its `version`, the triage's
-  compare-and-swap.
+- `jobs/{quoted job id}`: the job's state (`state`); a triage reads and writes it, its pending
+  triggers and its active invocations in one transaction.
 Job ids carry "/" and spaces, so they are percent-quoted wherever they name a document.
 
 Firestore's transient errors (unavailable, deadline, internal, exhausted, an abort outside the
@@ -38,7 +38,7 @@ from google.api_core import retry as retries
 from google.cloud import firestore
 
 from ..model import Invocation, JobState, LogEntry, LogKind, Status, Trigger, TriggerStatus
-from ..ports import ConflictError, StoreStats, StoreUnavailable
+from ..ports import ConflictError, StoreStats, StoreUnavailable, TriagePlan, TriageView
 from .google_errors import describe, transient_cause
 
 INVOCATIONS = "invocations"
@@ -352,14 +352,7 @@ class FirestoreStore:
 
     @_translated
     def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
-        query = (
-            self._triggers.where(filter=firestore.FieldFilter("job_id", "==", job_id))
-            .where(filter=firestore.FieldFilter("status", "==", TriggerStatus.PENDING.value))
-            .order_by("created_ns")
-            .order_by("order")
-            .order_by("id")
-            .limit(limit)
-        )
+        query = self._pending_query(job_id, limit)
         found = [Trigger.from_dict(json.loads(doc.get("state"))) for doc in self._stream(query)]
         self.stats.reads += max(1, len(found))
         self.stats.queries += 1
@@ -373,45 +366,61 @@ class FirestoreStore:
             return JobState(job_id)
         return JobState.from_dict(json.loads(snapshot.get("state")))
 
+    def _pending_query(self, job_id: str, limit: int) -> Any:
+        return (
+            self._triggers.where(filter=firestore.FieldFilter("job_id", "==", job_id))
+            .where(filter=firestore.FieldFilter("status", "==", TriggerStatus.PENDING.value))
+            .order_by("created_ns")
+            .order_by("order")
+            .order_by("id")
+            .limit(limit)
+        )
+
     @_translated
     def triage(
-        self,
-        job: JobState,
-        expected_version: int,
-        triggers: Sequence[Trigger],
-        invocations: Sequence[tuple[Invocation, Sequence[LogEntry]]],
-    ) -> None:
-        job_ref = self._jobs.document(quote(job.job_id, safe=""))
-        refs = [self._trigger_doc(t.job_id, t.id) for t in triggers]
+        self, job_id: str, limit: int, plan: Callable[[TriageView], TriagePlan | None]
+    ) -> TriagePlan | None:
+        job_ref = self._jobs.document(quote(job_id, safe=""))
 
         @firestore.transactional
-        def run(txn: firestore.Transaction) -> None:
+        def run(txn: firestore.Transaction) -> TriagePlan | None:
             stored = job_ref.get(transaction=txn)
-            if (stored.get("version") if stored.exists else 0) != expected_version:
-                raise ConflictError(f"job {job.job_id} was changed by someone else")
-            for ref, trigger in zip(refs, triggers, strict=True):
-                found = ref.get(transaction=txn)
-                if not found.exists or found.get("status") != TriggerStatus.PENDING.value:
-                    raise ConflictError(f"trigger {trigger.id} is no longer pending")
-            txn.set(job_ref, {"version": job.version, "state": json.dumps(job.to_dict())})
-            for ref, trigger in zip(refs, triggers, strict=True):
+            job = JobState.from_dict(json.loads(stored.get("state"))) if stored.exists else None
+            job = job or JobState(job_id)
+            docs = list(self._pending_query(job_id, limit).stream(transaction=txn))
+            pending = tuple(Trigger.from_dict(json.loads(d.get("state"))) for d in docs)
+            refs = [self._doc(i) for i in job.active]
+            running = {
+                int(d.id)
+                for d in (self._db.get_all(refs, transaction=txn) if refs else ())
+                if d.exists and d.get("status") in ACTIVE
+            }
+            self.stats.reads += 1 + max(1, len(pending)) + len(refs)
+            decided = plan(TriageView(job, pending, frozenset(job.active) - running))
+            if decided is None:
+                return None
+            txn.set(job_ref, {"state": json.dumps(decided.job.to_dict())})
+            for trigger in decided.triggers:
+                ref = self._trigger_doc(trigger.job_id, trigger.id)
                 txn.set(ref, self._trigger_fields(trigger))
-            for invocation, log in invocations:
+            for invocation, log in decided.invocations:
                 txn.create(self._doc(invocation.id), _fields(invocation))
                 if log:
                     txn.create(
                         self._log(invocation.id, invocation.mutation_count),
                         _log_doc(log, self._retention_ns),
                     )
+            return decided
 
         try:
-            run(self._db.transaction(max_attempts=TRANSACTION_ATTEMPTS))
+            decided = run(self._db.transaction(max_attempts=TRANSACTION_ATTEMPTS))
         except (gexc.Aborted, gexc.Conflict, gexc.AlreadyExists) as e:
-            raise ConflictError(f"job {job.job_id}: {e}") from e
+            raise ConflictError(f"job {job_id}: {e}") from e
         except ValueError as e:
             if not isinstance(e.__cause__, gexc.Aborted):
                 raise
-            raise ConflictError(f"job {job.job_id}: {e}") from e
-        self.stats.reads += 1 + len(triggers)
-        self.stats.writes += 1 + len(triggers) + 2 * len(invocations)
-        self.stats.transactions += 1
+            raise ConflictError(f"job {job_id}: {e}") from e
+        if decided is not None:
+            self.stats.writes += 1 + len(decided.triggers) + 2 * len(decided.invocations)
+            self.stats.transactions += 1
+        return decided

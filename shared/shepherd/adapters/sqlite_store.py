@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..model import Invocation, JobState, LogEntry, LogKind, Trigger, TriggerStatus
-from ..ports import ConflictError, StoreStats
+from ..model import Invocation, JobState, LogEntry, LogKind, Trigger
+from ..ports import ConflictError, StoreStats, TriagePlan, TriageView
 from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 
 _SCHEMA = """
@@ -265,13 +265,14 @@ class SqliteStore:
         self.stats.reads += 1
         return Trigger.from_dict(json.loads(found[0])) if found else None
 
+    PENDING_QUERY = (
+        "SELECT data FROM triggers WHERE job_id = ? AND status = 'PENDING'"
+        " ORDER BY created_ns, ord, id LIMIT ?"
+    )
+
     def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
         with self._transaction() as db:
-            rows = db.execute(
-                "SELECT data FROM triggers WHERE job_id = ? AND status = 'PENDING'"
-                " ORDER BY created_ns, ord, id LIMIT ?",
-                (job_id, limit),
-            ).fetchall()
+            rows = db.execute(self.PENDING_QUERY, (job_id, limit)).fetchall()
         self.stats.reads += len(rows)
         self.stats.queries += 1
         return [Trigger.from_dict(json.loads(r[0])) for r in rows]
@@ -283,39 +284,40 @@ class SqliteStore:
         return JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
 
     def triage(
-        self,
-        job: JobState,
-        expected_version: int,
-        triggers: Sequence[Trigger],
-        invocations: Sequence[tuple[Invocation, Sequence[LogEntry]]],
-    ) -> None:
+        self, job_id: str, limit: int, plan: Callable[[TriageView], TriagePlan | None]
+    ) -> TriagePlan | None:
+        # BEGIN IMMEDIATE: the reads below cannot go stale before the writes.
         with self._transaction(write=True) as db:
-            found = db.execute(
-                "SELECT version FROM jobs WHERE job_id = ?", (job.job_id,)
-            ).fetchone()
-            if (found[0] if found else 0) != expected_version:
-                raise ConflictError(f"job {job.job_id} was changed by someone else")
+            found = db.execute("SELECT data FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            job = JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
+            rows = db.execute(self.PENDING_QUERY, (job_id, limit)).fetchall()
+            pending = tuple(Trigger.from_dict(json.loads(r[0])) for r in rows)
+            running = {
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM invocations WHERE status IN ('STARTING', 'RUNNING')"
+                    f" AND id IN ({','.join('?' * len(job.active))})",
+                    job.active,
+                )
+            }
+            self.stats.reads += 1 + len(pending) + len(job.active)
+            decided = plan(TriageView(job, pending, frozenset(job.active) - running))
+            if decided is None:
+                return None
             db.execute(
-                "INSERT INTO jobs (job_id, version, data) VALUES (?, ?, ?)"
-                " ON CONFLICT (job_id) DO UPDATE SET version = excluded.version,"
-                " data = excluded.data",
-                (job.job_id, job.version, json.dumps(job.to_dict())),
+                "INSERT INTO jobs (job_id, version, data) VALUES (?, 0, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET data = excluded.data",
+                (job_id, json.dumps(decided.job.to_dict())),
             )
-            for trigger in triggers:
-                updated = db.execute(
-                    "UPDATE triggers SET status = ?, data = ?"
-                    " WHERE job_id = ? AND id = ? AND status = ?",
-                    (
-                        trigger.status.value,
-                        json.dumps(trigger.to_dict()),
-                        trigger.job_id,
-                        trigger.id,
-                        TriggerStatus.PENDING.value,
-                    ),
-                ).rowcount
-                if updated != 1:
-                    raise ConflictError(f"trigger {trigger.id} is no longer pending")
-            for invocation, log in invocations:
+            db.executemany(
+                "UPDATE triggers SET status = ?, data = ? WHERE job_id = ? AND id = ?",
+                [
+                    (t.status.value, json.dumps(t.to_dict()), t.job_id, t.id)
+                    for t in decided.triggers
+                ],
+            )
+            for invocation, log in decided.invocations:
                 self._insert(db, invocation, log)
-            self.stats.writes += 1 + len(triggers)
+            self.stats.writes += 1 + len(decided.triggers)
             self.stats.transactions += 1
+        return decided
