@@ -56,9 +56,9 @@ class StoreUnavailable(Unavailable):
 class Store(Protocol):
     """Invocations and their debug logs. Every write is one transaction."""
 
-    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
-        """Stores a new invocation, or returns the one already stored for the same
-        (job, request_id) when the request carries a request_id."""
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> None:
+        """Stores a new invocation (triage creates them; tests and benchmarks seed with this);
+        ConflictError if its id is taken."""
         ...
 
     def get(self, invocation_id: int) -> Invocation | None: ...

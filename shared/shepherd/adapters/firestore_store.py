@@ -7,7 +7,6 @@ Layout:
 - `invocations/{id}/log/{mutation count, 8 digits}`: the lines one change appended, so an event
   costs one read and two writes however many lines it logs; each entry is `t` (time), `x`
   (text), `k` (kind) and `c` (the outbound call, when it records one);
-- `requests/{quoted job id}:{sha256 of the request id}`: the invocation a request id started;
 - `triggers/{quoted job id}:{sha256 of the trigger id}`: a trigger (`state`) and the fields its
   job's pending query reads (`job_id`, `status`, `created_ns`, `order`, `id`; composite index in
   terraform/firestore.indexes.json); triggers arrive as documents of their own, so adding one
@@ -42,7 +41,6 @@ from ..ports import ConflictError, StoreStats, StoreUnavailable, TriagePlan, Tri
 from .google_errors import describe, transient_cause
 
 INVOCATIONS = "invocations"
-REQUESTS = "requests"
 TRIGGERS = "triggers"
 JOBS = "jobs"
 LOG = "log"
@@ -56,9 +54,9 @@ DEFAULT_TIMEOUT_S = 10.0
 T = TypeVar("T")
 
 
-def request_doc_id(job_id: str, request_id: str) -> str:
-    # Hashing the client's key keeps the id under Firestore's 1,500 bytes whatever it holds.
-    digest = hashlib.sha256(request_id.encode()).hexdigest()
+def trigger_doc_id(job_id: str, trigger_id: str) -> str:
+    # Hashing the client's id keeps the document's under Firestore's 1,500 bytes.
+    digest = hashlib.sha256(trigger_id.encode()).hexdigest()
     return f"{quote(job_id, safe='')}:{digest}"
 
 
@@ -155,7 +153,6 @@ class FirestoreStore:
         self._versions: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.stats = StoreStats()
         self._invocations = client.collection(prefix + INVOCATIONS)
-        self._requests = client.collection(prefix + REQUESTS)
         self._triggers = client.collection(prefix + TRIGGERS)
         self._jobs = client.collection(prefix + JOBS)
 
@@ -166,42 +163,20 @@ class FirestoreStore:
         return self._doc(invocation_id).collection(LOG).document(f"{mutation_count:08d}")
 
     @_translated
-    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
-        request_id = invocation.request.request_id
-        request_ref = (
-            self._requests.document(request_doc_id(invocation.job_id, request_id))
-            if request_id is not None
-            else None
-        )
-
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> Invocation:
-            if request_ref is not None:
-                found = request_ref.get(transaction=txn)
-                if found.exists:
-                    existing = self._doc(found.get("invocation_id")).get(transaction=txn)
-                    return _invocation(existing)
-                txn.create(request_ref, {"invocation_id": invocation.id})
-            txn.create(self._doc(invocation.id), _fields(invocation))
-            if log:
-                txn.create(
-                    self._log(invocation.id, invocation.mutation_count),
-                    _log_doc(log, self._retention_ns),
-                )
-            return invocation
-
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> None:
+        batch = self._db.batch()
+        batch.create(self._doc(invocation.id), _fields(invocation))
+        if log:
+            batch.create(
+                self._log(invocation.id, invocation.mutation_count),
+                _log_doc(log, self._retention_ns),
+            )
         try:
-            created = run(self._db.transaction())
-        except gexc.AlreadyExists:
-            if request_ref is None:
-                raise
-            # A racing trigger of the same request created it first: this time we find it.
-            created = run(self._db.transaction())
+            batch.commit()
+        except gexc.AlreadyExists as e:
+            raise ConflictError(f"invocation {invocation.id} exists already") from e
         self.stats.transactions += 1
-        self.stats.reads += 1 if request_ref is not None else 0
-        if created is invocation:
-            self.stats.writes += 1 + (request_ref is not None) + bool(log)
-        return created
+        self.stats.writes += 1 + bool(log)
 
     @_translated
     def get(self, invocation_id: int) -> Invocation | None:
@@ -319,7 +294,7 @@ class FirestoreStore:
     # --- triggers and jobs ---
 
     def _trigger_doc(self, job_id: str, trigger_id: str) -> Any:
-        return self._triggers.document(request_doc_id(job_id, trigger_id))
+        return self._triggers.document(trigger_doc_id(job_id, trigger_id))
 
     @staticmethod
     def _trigger_fields(trigger: Trigger) -> dict[str, Any]:

@@ -20,15 +20,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invocations (
     id INTEGER PRIMARY KEY,
     job_id TEXT NOT NULL,
-    request_id TEXT,
     status TEXT NOT NULL,
     mutation_count INTEGER NOT NULL,
     created_ns INTEGER NOT NULL,
     data TEXT NOT NULL,
     next_check_ns INTEGER
 );
-CREATE UNIQUE INDEX IF NOT EXISTS invocations_request
-    ON invocations (job_id, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS invocations_job ON invocations (job_id, created_ns DESC);
 CREATE INDEX IF NOT EXISTS invocations_active ON invocations (status)
     WHERE status IN ('STARTING', 'RUNNING');
@@ -123,37 +120,22 @@ class SqliteStore:
             invocation.next_check_ns,
         )
 
-    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
-        request_id = invocation.request.request_id
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> None:
         with self._transaction(write=True) as db:
-            if request_id is not None:
-                found = db.execute(
-                    "SELECT data FROM invocations WHERE job_id = ? AND request_id = ?",
-                    (invocation.job_id, request_id),
-                ).fetchone()
-                self.stats.reads += 1
-                if found:
-                    return Invocation.from_dict(json.loads(found[0]))
-            self._insert(db, invocation, log, request_id)
+            self._insert(db, invocation, log)
             self.stats.transactions += 1
-        return invocation
 
     def _insert(
-        self,
-        db: sqlite3.Connection,
-        invocation: Invocation,
-        log: Sequence[LogEntry],
-        request_id: str | None = None,
+        self, db: sqlite3.Connection, invocation: Invocation, log: Sequence[LogEntry]
     ) -> None:
         status, count, data, next_check = self._row(invocation)
         try:
             db.execute(
-                "INSERT INTO invocations (id, job_id, request_id, status, mutation_count,"
-                " created_ns, data, next_check_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO invocations (id, job_id, status, mutation_count,"
+                " created_ns, data, next_check_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     invocation.id,
                     invocation.job_id,
-                    request_id,
                     status,
                     count,
                     invocation.created_ns,
