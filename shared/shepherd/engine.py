@@ -236,7 +236,7 @@ class _Controller:
         self._timers = []
         self._engine.queue.schedule([t.task(after.id) for t in new_timers])
         if after.status.final and not before.status.final:
-            self._engine.triage_after_finish(after.job_id)
+            self._engine.triage_after_finish(after.job_id, after.id)
 
 
 @dataclass
@@ -288,28 +288,53 @@ class Engine:
         trigger = self.store.add_trigger(fresh)
         repeated = trigger is not fresh
         if trigger.status is TriggerStatus.PENDING:
-            self.triage(request.job_id)
+            try:
+                self.triage(request.job_id)
+            except RetryLater as e:
+                # Stored, so not lost: the triage that won, the next one, or the next tick's
+                # takes it.
+                logger.warning("trigger %s waits for the next triage: %s", trigger.id, e)
             trigger = self.store.get_trigger(trigger.job_id, trigger.id) or trigger
         inv = None
         if trigger.invocation_id is not None:
             inv = self.store.get(trigger.invocation_id)
+        if inv is not None:
+            bind_invocation(inv.job_id, inv.id)
         if repeated and inv is not None and inv.status is Status.STARTING and inv.attempt == 0:
             # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
             self.queue.schedule([self._start_task(inv, 1, inv.created_ns)])
         return Triggered(trigger, inv)
 
-    def triage(self, job_id: str, pause: tuple[bool, str] | None = None) -> list[Invocation]:
+    def triage(
+        self,
+        job_id: str,
+        pause: tuple[bool, str] | None = None,
+        finished: frozenset[int] = frozenset(),
+        reconcile: bool = False,
+    ) -> list[Invocation]:
         """Applies the job's triggering policy to its pending triggers: starts the invocations
         it asks for, each made of a batch of triggers and built from the newest, and discards
         what it drops (all of them while the job is paused; `pause` sets or clears that first).
         One transaction over the job, its pending triggers and its active invocations, so
-        racing triages and duplicate events start nothing twice."""
+        racing triages and duplicate events start nothing twice.
+
+        `finished`: active invocations known to have ended. The active ones are read (one read
+        each) only when their slots are all taken, or to `reconcile` (the sweep's triage): an
+        invocation wrongly taken as running only delays the next start, never doubles one."""
         job = self.jobs.job(job_id)
         if job is None:
             raise UnknownJob(job_id)
+        if not reconcile:
+            active = set(self.store.get_job(job_id).active) - finished
+            reconcile = len(active) >= job.triggering_policy.max_concurrent_invocations
         try:
             plan = self.store.triage(
-                job_id, MAX_PENDING + TRIAGE_WRITES, lambda view: self._plan(job, view, pause)
+                job_id,
+                MAX_PENDING + TRIAGE_WRITES,
+                lambda view: self._plan(
+                    job, dataclasses.replace(view, finished=view.finished | finished), pause
+                ),
+                read_active=reconcile,
             )
         except ConflictError as e:
             raise RetryLater(str(e)) from e
@@ -375,13 +400,13 @@ class Engine:
             triggers=tuple(t.incoming() for t in batch),
         )
 
-    def triage_after_finish(self, job_id: str) -> None:
-        """An invocation ended, so a slot may be free. Best effort: the sweep triages every
-        job on each tick, so a failure here only delays the next invocation."""
+    def triage_after_finish(self, job_id: str, invocation_id: int) -> None:
+        """An invocation ended, so a slot is free. Best effort: the sweep triages every job on
+        each tick, so a failure here only delays the next invocation."""
         if self.jobs.job(job_id) is None:
             return  # the job left the job file: nothing of it starts any more
         try:
-            self.triage(job_id)
+            self.triage(job_id, finished=frozenset({invocation_id}))
         except (RetryLater, Unavailable) as e:
             logger.warning("triage of %s after an invocation ended: %s", job_id, e)
 
@@ -563,7 +588,7 @@ class Engine:
         self.queue.schedule(tasks)
         for job_id in self.jobs.jobs:
             try:
-                result.started += len(self.triage(job_id))
+                result.started += len(self.triage(job_id, reconcile=True))
             except RetryLater:
                 result.conflicts += 1
         if overdue or result.started:

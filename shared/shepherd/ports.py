@@ -102,12 +102,17 @@ class Store(Protocol):
         ...
 
     def triage(
-        self, job_id: str, limit: int, plan: Callable[[TriageView], TriagePlan | None]
+        self,
+        job_id: str,
+        limit: int,
+        plan: Callable[[TriageView], TriagePlan | None],
+        read_active: bool = True,
     ) -> TriagePlan | None:
-        """One transaction: reads the job's state, its oldest `limit` PENDING triggers and which
-        of its active invocations have finished, hands them to `plan`, and writes what the plan
-        returns (nothing for None). `plan` may run more than once (a contended transaction is
-        tried again) and must not do I/O."""
+        """One transaction: reads the job's state, its oldest `limit` PENDING triggers and, if
+        `read_active`, which of its active invocations have finished (one read each; else none
+        are reported finished), hands them to `plan`, and writes what the plan returns (nothing
+        for None). `plan` may run more than once (a contended transaction is tried again) and
+        must not do I/O."""
         ...
 
 

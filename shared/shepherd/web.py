@@ -169,7 +169,10 @@ def trigger(request: Request) -> Response:
     except JobPaused as e:
         return _error(409, str(e))
     trigger, inv = done.trigger, done.invocation
-    logger.info("trigger %s of %s: %s", trigger.id, trigger.job_id, trigger.status)
+    if inv is None:
+        logger.info("trigger %s of %s: %s", trigger.id, trigger.job_id, trigger.status)
+    else:
+        logger.info("trigger %s of %s: invocation %d", trigger.id, trigger.job_id, inv.id)
     url = f"/api/jobs/{quote(trigger.job_id, safe='')}/triggers/{quote(trigger.id, safe='')}"
     return _answer(202, Triggered(trigger.id, None if inv is None else str(inv.id), url))
 

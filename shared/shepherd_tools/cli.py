@@ -286,14 +286,14 @@ def show(
         value = getattr(inv, field.name)
         if field.name == "log":
             rows.append([field.name, f"{len(value)} lines"])
-        elif field.name == "triggers":
-            rows.append([field.name, ", ".join(t.id for t in value)])
         else:
             rows.append([field.name, _cell(value)])
     print_table(None, rows)
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, tuple):  # an invocation's triggers: their ids
+        return ", ".join(t.id for t in value)
     return "—" if value is None else str(value)
 
 

@@ -353,7 +353,11 @@ class FirestoreStore:
 
     @_translated
     def triage(
-        self, job_id: str, limit: int, plan: Callable[[TriageView], TriagePlan | None]
+        self,
+        job_id: str,
+        limit: int,
+        plan: Callable[[TriageView], TriagePlan | None],
+        read_active: bool = True,
     ) -> TriagePlan | None:
         job_ref = self._jobs.document(quote(job_id, safe=""))
 
@@ -364,12 +368,14 @@ class FirestoreStore:
             job = job or JobState(job_id)
             docs = list(self._pending_query(job_id, limit).stream(transaction=txn))
             pending = tuple(Trigger.from_dict(json.loads(d.get("state"))) for d in docs)
-            refs = [self._doc(i) for i in job.active]
+            refs = [self._doc(i) for i in job.active] if read_active else []
             running = {
                 int(d.id)
                 for d in (self._db.get_all(refs, transaction=txn) if refs else ())
                 if d.exists and d.get("status") in ACTIVE
             }
+            if not read_active:
+                running = set(job.active)
             self.stats.reads += 1 + max(1, len(pending)) + len(refs)
             decided = plan(TriageView(job, pending, frozenset(job.active) - running))
             if decided is None:

@@ -266,7 +266,11 @@ class SqliteStore:
         return JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
 
     def triage(
-        self, job_id: str, limit: int, plan: Callable[[TriageView], TriagePlan | None]
+        self,
+        job_id: str,
+        limit: int,
+        plan: Callable[[TriageView], TriagePlan | None],
+        read_active: bool = True,
     ) -> TriagePlan | None:
         # BEGIN IMMEDIATE: the reads below cannot go stale before the writes.
         with self._transaction(write=True) as db:
@@ -274,15 +278,18 @@ class SqliteStore:
             job = JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
             rows = db.execute(self.PENDING_QUERY, (job_id, limit)).fetchall()
             pending = tuple(Trigger.from_dict(json.loads(r[0])) for r in rows)
-            running = {
-                row[0]
-                for row in db.execute(
-                    "SELECT id FROM invocations WHERE status IN ('STARTING', 'RUNNING')"
-                    f" AND id IN ({','.join('?' * len(job.active))})",
-                    job.active,
-                )
-            }
-            self.stats.reads += 1 + len(pending) + len(job.active)
+            running = set(job.active)
+            if read_active:
+                running = {
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM invocations WHERE status IN ('STARTING', 'RUNNING')"
+                        f" AND id IN ({','.join('?' * len(job.active))})",
+                        job.active,
+                    )
+                }
+                self.stats.reads += len(job.active)
+            self.stats.reads += 1 + len(pending)
             decided = plan(TriageView(job, pending, frozenset(job.active) - running))
             if decided is None:
                 return None
