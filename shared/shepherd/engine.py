@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -266,6 +268,11 @@ class Engine:
     rng: random.Random = field(default_factory=random.Random)
     # How late a check must be before the sweep takes it for lost (SHEPHERD_SWEEP_MARGIN).
     sweep_margin_ns: int = SWEEP_MARGIN_NS
+    # One triage of a job at a time in this process: the store's transaction still guards
+    # against other processes, but contending transactions cost far more than waiting here.
+    _triage_locks: defaultdict[str, threading.Lock] = field(
+        default_factory=lambda: defaultdict(threading.Lock), init=False, repr=False
+    )
 
     # --- events -------------------------------------------------------------------------
 
@@ -328,14 +335,15 @@ class Engine:
             active = set(self.store.get_job(job_id).active) - finished
             reconcile = len(active) >= job.triggering_policy.max_concurrent_invocations
         try:
-            plan = self.store.triage(
-                job_id,
-                MAX_PENDING + TRIAGE_WRITES,
-                lambda view: self._plan(
-                    job, dataclasses.replace(view, finished=view.finished | finished), pause
-                ),
-                read_active=reconcile,
-            )
+            with self._triage_locks[job_id]:
+                plan = self.store.triage(
+                    job_id,
+                    MAX_PENDING + TRIAGE_WRITES,
+                    lambda view: self._plan(
+                        job, dataclasses.replace(view, finished=view.finished | finished), pause
+                    ),
+                    read_active=reconcile,
+                )
         except ConflictError as e:
             raise RetryLater(str(e)) from e
         if plan is None:

@@ -22,6 +22,7 @@ compare-and-swap is ConflictError, however Firestore reports it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import OrderedDict
@@ -360,14 +361,29 @@ class FirestoreStore:
         read_active: bool = True,
     ) -> TriagePlan | None:
         job_ref = self._jobs.document(quote(job_id, safe=""))
+        # The query runs outside the transaction and its documents are read again inside:
+        # point reads lock far less than a query does (the emulator serialises contending
+        # queries for tens of seconds). A trigger added meanwhile is its own triage's.
+        candidates = [d.reference for d in self._stream(self._pending_query(job_id, limit))]
+        if not job_ref.get().exists:
+            # Contending transactions that would each create it wait on one another far
+            # longer than ones that update it.
+            with contextlib.suppress(gexc.AlreadyExists):
+                job_ref.create({"state": json.dumps(JobState(job_id).to_dict())})
 
         @firestore.transactional
         def run(txn: firestore.Transaction) -> TriagePlan | None:
             stored = job_ref.get(transaction=txn)
             job = JobState.from_dict(json.loads(stored.get("state"))) if stored.exists else None
             job = job or JobState(job_id)
-            docs = list(self._pending_query(job_id, limit).stream(transaction=txn))
-            pending = tuple(Trigger.from_dict(json.loads(d.get("state"))) for d in docs)
+            docs = list(self._db.get_all(candidates, transaction=txn)) if candidates else []
+            found = [Trigger.from_dict(json.loads(d.get("state"))) for d in docs if d.exists]
+            pending = tuple(
+                sorted(
+                    (t for t in found if t.status is TriggerStatus.PENDING),
+                    key=lambda t: (t.created_ns, t.order, t.id),
+                )
+            )
             refs = [self._doc(i) for i in job.active] if read_active else []
             running = {
                 int(d.id)
