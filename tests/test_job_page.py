@@ -270,7 +270,7 @@ def test_another_site_is_refused_even_with_a_token(
     token = page_token(client)
     refused = client.post(f"{JOB_PATH}/pause", data={"csrf": token}, headers=headers)
     assert refused.status_code == 403
-    assert "cannot change a job" in refused.json["error"]  # type: ignore[index]
+    assert "cannot change anything here" in refused.json["error"]  # type: ignore[index]
     json_post = client.post(f"{JOB_PATH}/pause", json={"reason": "x"}, headers=headers)
     assert json_post.status_code == 403
     assert not job_json(client)["paused"]
@@ -398,5 +398,20 @@ def test_another_origins_page_cannot_pause_the_job(dev: DevProcess, tmp_path: Pa
         browser.go(f"{other}/form.html")
         browser.wait_for(f"location.href.startsWith({dev.url!r})")
         shown = browser.wait_for("document.body && document.body.innerText")
-    assert "cannot change a job" in shown
+    assert "cannot change anything here" in shown
     assert not job_state(dev)["paused"]
+
+
+def test_another_site_cannot_trigger_or_abort(app: tuple[FlaskClient, Service]) -> None:
+    """/trigger reads a text/plain body as JSON, which any page can send anywhere unasked."""
+    client, service = app
+    trigger = functions_framework.create_app("trigger", str(FUNCTIONS), "http").test_client()
+    body = '{"job": "other/job", "request_id": "from-elsewhere"}'
+    cross = {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.test"}
+    refused = trigger.post("/", data=body, content_type="text/plain", headers=cross)
+    assert refused.status_code == 403
+    assert service.engine.store.get_trigger(OTHER, "from-elsewhere") is None
+    assert client.post("/invocations/42/abort", headers=cross).status_code == 403
+    assert client.post("/invocations/42/abort").status_code == 404  # the command line's
+    allowed = trigger.post("/", data=body, content_type="text/plain")
+    assert allowed.status_code == 202

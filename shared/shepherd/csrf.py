@@ -72,8 +72,8 @@ def cross_origin(headers: Mapping[str, str], hosts: set[str]) -> str | None:
     the service is reached by (the Host header, and X-Forwarded-Host behind a proxy)."""
     site = headers.get("Sec-Fetch-Site")
     if site is not None and site not in ("same-origin", "none"):
-        return f"a {site} request cannot change a job"
+        return f"a {site} request cannot change anything here"
     origin = headers.get("Origin")
     if origin is not None and urlsplit(origin).netloc.lower() not in hosts:
-        return f'a request from "{origin}" cannot change a job'
+        return f'a request from "{origin}" cannot change anything here'
     return None

@@ -161,6 +161,9 @@ def _invocation_id(text: str) -> int:
 @_guarded
 def trigger(request: Request) -> Response:
     _require(request, "POST")
+    # A browser may send a text/plain body to another site unasked: not to this one.
+    if (refused := cross_origin(request.headers, _hosts(request))) is not None:
+        return _error(403, refused)
     body = TriggerBody.model_validate(_body(request))
     try:
         done = get_service().engine.trigger(body.to_request())
@@ -269,6 +272,8 @@ def api(request: Request) -> Response:
         action = parts[2] if len(parts) == 3 else ""
         if action == "abort":
             _require(request, "POST")
+            if (refused := cross_origin(request.headers, _hosts(request))) is not None:
+                return _error(403, refused)
             try:
                 inv = get_service().engine.abort(invocation_id)
             except UnknownInvocation:
