@@ -325,15 +325,20 @@ class Engine:
         One transaction over the job, its pending triggers and its active invocations, so
         racing triages and duplicate events start nothing twice.
 
-        `finished`: active invocations known to have ended. The active ones are read (one read
-        each) only when their slots are all taken, or to `reconcile` (the sweep's triage): an
-        invocation wrongly taken as running only delays the next start, never doubles one."""
+        `finished`: active invocations known to have ended (the one whose end asks for this
+        triage). While every slot is taken a batching policy can do nothing, so nothing is
+        read or written (newest_first still discards what waited too long); the sweep's
+        triage (`reconcile`) reads the active invocations (one read each) to free the slots of
+        ends whose triage was lost. Taking an ended invocation for a running one only delays
+        the next start, never doubles one."""
         job = self.jobs.job(job_id)
         if job is None:
             raise UnknownJob(job_id)
-        if not reconcile:
+        policy = job.triggering_policy
+        if not reconcile and pause is None and policy.kind != "newest_first":
             active = set(self.store.get_job(job_id).active) - finished
-            reconcile = len(active) >= job.triggering_policy.max_concurrent_invocations
+            if len(active) >= policy.max_concurrent_invocations:
+                return []
         try:
             with self._triage_locks[job_id]:
                 plan = self.store.triage(
