@@ -293,24 +293,41 @@ class Engine:
             order=order,
         )
         trigger = self.store.add_trigger(fresh)
-        repeated = trigger is not fresh
-        if trigger.status is TriggerStatus.PENDING:
-            try:
-                self.triage(request.job_id)
-            except RetryLater as e:
-                # Stored, so not lost: the triage that won, the next one, or the next tick's
-                # takes it.
-                logger.warning("trigger %s waits for the next triage: %s", trigger.id, e)
-            trigger = self.store.get_trigger(trigger.job_id, trigger.id) or trigger
-        inv = None
-        if trigger.invocation_id is not None:
-            inv = self.store.get(trigger.invocation_id)
+        if trigger is not fresh:  # the same id again: as it stands
+            return self._as_stored(trigger)
+        try:
+            plan = self._triage(request.job_id, state=state)
+        except RetryLater as e:
+            # Stored, so not lost: the triage that won, the next one, or the next tick's takes it.
+            logger.warning("trigger %s waits for the next triage: %s", trigger.id, e)
+            return Triggered(trigger, None)
+        taken = next((t for t in plan.triggers if t.id == trigger.id), None) if plan else None
+        if taken is None:  # still pending, or another triage took it first
+            return self._with_invocation(self.store.get_trigger(trigger.job_id, trigger.id))
+        assert plan is not None
+        inv = next((i for i, _ in plan.invocations if i.id == taken.invocation_id), None)
         if inv is not None:
             bind_invocation(inv.job_id, inv.id)
-        if repeated and inv is not None and inv.status is Status.STARTING and inv.attempt == 0:
-            # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
-            self.queue.schedule([self._start_task(inv, 1, inv.created_ns)])
+        return Triggered(taken, inv)
+
+    def _with_invocation(self, trigger: Trigger | None) -> Triggered:
+        assert trigger is not None, "triggers are never deleted"
+        inv = None if trigger.invocation_id is None else self.store.get(trigger.invocation_id)
+        if inv is not None:
+            bind_invocation(inv.job_id, inv.id)
         return Triggered(trigger, inv)
+
+    def _as_stored(self, trigger: Trigger) -> Triggered:
+        """A trigger that came again: its invocation, whose lost start it re-arms."""
+        if trigger.status is TriggerStatus.PENDING:
+            self.triage(trigger.job_id)
+            trigger = self.store.get_trigger(trigger.job_id, trigger.id) or trigger
+        done = self._with_invocation(trigger)
+        inv = done.invocation
+        if inv is not None and inv.status is Status.STARTING and inv.attempt == 0:
+            # Idempotent per task name: a start that was lost is armed again.
+            self.queue.schedule([self._start_task(inv, 1, inv.created_ns)])
+        return done
 
     def triage(
         self,
@@ -331,14 +348,26 @@ class Engine:
         triage (`reconcile`) reads the active invocations (one read each) to free the slots of
         ends whose triage was lost. Taking an ended invocation for a running one only delays
         the next start, never doubles one."""
+        plan = self._triage(job_id, pause, finished, reconcile)
+        return [inv for inv, _ in plan.invocations] if plan else []
+
+    def _triage(
+        self,
+        job_id: str,
+        pause: tuple[bool, str] | None = None,
+        finished: frozenset[int] = frozenset(),
+        reconcile: bool = False,
+        state: JobState | None = None,
+    ) -> TriagePlan | None:
+        """triage(), answering with what it wrote; `state`: the job's, if just read."""
         job = self.jobs.job(job_id)
         if job is None:
             raise UnknownJob(job_id)
         policy = job.triggering_policy
         if not reconcile and pause is None and policy.kind != "newest_first":
-            active = set(self.store.get_job(job_id).active) - finished
+            active = set((state or self.store.get_job(job_id)).active) - finished
             if len(active) >= policy.max_concurrent_invocations:
-                return []
+                return None
         try:
             with self._triage_locks[job_id]:
                 plan = self.store.triage(
@@ -351,11 +380,10 @@ class Engine:
                 )
         except ConflictError as e:
             raise RetryLater(str(e)) from e
-        if plan is None:
-            return []
-        invocations = [inv for inv, _ in plan.invocations]
-        self.queue.schedule([self._start_task(i, 1, i.created_ns) for i in invocations])
-        return invocations
+        if plan is not None:
+            starts = [self._start_task(inv, 1, inv.created_ns) for inv, _ in plan.invocations]
+            self.queue.schedule(starts)
+        return plan
 
     def _plan(
         self, job: Job, view: TriageView, pause: tuple[bool, str] | None
