@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Invocation, JobState, LogEntry, LogKind, Status, Trigger, TriggerStatus
+from .model import Invocation, LogEntry, LogKind, Status, Trigger, TriggerStatus
 from .timestamps import format_rfc3339
 
 # A request body larger than this gets 413 (web.py enforces it, openapi.py documents it).
@@ -173,26 +173,6 @@ class JobDetail(JobView):
     triggering_policy: dict[str, Any]
     pending_triggers: tuple[TriggerView, ...]
     running_invocations: tuple[InvocationView, ...]
-
-
-def job_fields(
-    job_id: str,
-    kind: str,
-    schedule: str | None,
-    state: JobState,
-    pending: list[Trigger],
-    running: list[Invocation],
-    newest: Invocation | None,
-) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "kind": kind,
-        "paused": state.paused,
-        "schedule": schedule,
-        "running": len(running),
-        "pending": len(pending),
-        "last_status": None if newest is None else newest.status,
-    }
 
 
 @dataclass(frozen=True)

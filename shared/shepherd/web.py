@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -42,7 +43,6 @@ from .views import (
     TimerHandled,
     Triggered,
     TriggerView,
-    job_fields,
     to_json,
 )
 
@@ -341,34 +341,31 @@ def _jobs(request: Request, parts: list[str]) -> Response:
     return _error(404, f'no such route "{request.path}"')
 
 
-def _job_state(job_id: str) -> dict[str, Any]:
+def _job_detail(job_id: str) -> JobDetail:
     engine = get_service().engine
     job = engine.jobs.jobs[job_id]
     state = engine.store.get_job(job_id)
     pending = engine.store.list_pending(job_id, MAX_PENDING)
     running = [i for i in map(engine.store.get, state.active) if i and not i.status.final]
     newest = engine.store.list_invocations(job_id, limit=1)
-    schedule = job.schedule.text if job.schedule else None
-    fields = job_fields(
-        job_id, job.kind, schedule, state, pending, running, newest[0] if newest else None
+    return JobDetail(
+        id=job_id,
+        kind=job.kind,
+        paused=state.paused,
+        schedule=job.schedule.text if job.schedule else None,
+        running=len(running),
+        pending=len(pending),
+        last_status=newest[0].status if newest else None,
+        paused_reason=state.paused_reason,
+        triggering_policy=job.triggering_policy.to_json(),
+        pending_triggers=tuple(TriggerView.of(t) for t in pending),
+        running_invocations=tuple(InvocationView.of(i) for i in running),
     )
-    return {"fields": fields, "state": state, "pending": pending, "running": running}
 
 
 def _job_view(job_id: str) -> JobView:
-    return JobView(**_job_state(job_id)["fields"])
-
-
-def _job_detail(job_id: str) -> JobDetail:
-    found = _job_state(job_id)
-    policy = get_service().engine.jobs.jobs[job_id].triggering_policy
-    return JobDetail(
-        **found["fields"],
-        paused_reason=found["state"].paused_reason,
-        triggering_policy=policy.to_json(),
-        pending_triggers=tuple(TriggerView.of(t) for t in found["pending"]),
-        running_invocations=tuple(InvocationView.of(i) for i in found["running"]),
-    )
+    detail = _job_detail(job_id)
+    return JobView(**{f.name: getattr(detail, f.name) for f in dataclasses.fields(JobView)})
 
 
 def _job_act(job_id: str, action: str, reason: str) -> None:
