@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import hashlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -32,9 +34,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test suite's process helpers (loc
 
 from emulators import PROJECT, clear_firestore, start_firestore  # noqa: E402
 from localstack import JOB, SECRET, DevProcess, write_jobs  # noqa: E402
-from shepherd.durations import HOUR, SECOND, format_duration  # noqa: E402
+from shepherd.durations import HOUR, MINUTE, SECOND, format_duration  # noqa: E402
 from shepherd.engine import START_TASK  # noqa: E402
+from shepherd.model import Status, TriggerRequest, TriggerStatus  # noqa: E402
 from shepherd.ports import StoreStats  # noqa: E402
+from shepherd.schemas import TriggerBody  # noqa: E402
 from shepherd.signing import TokenSigner  # noqa: E402
 from shepherd.timestamps import parse_rfc3339  # noqa: E402
 from shepherd_tools.replay import VirtualStack, load_scenario  # noqa: E402
@@ -45,7 +49,7 @@ POLICIES = ("luci", "shepherd")
 DURATIONS_H = (1, 6, 12)
 DROPS = (0.0, 0.5, 1.0)
 SEEDS = (1, 2, 3)
-STEPS = ("calls", "store_ops", "cold_start", "throughput", "replay", "sweep")
+STEPS = ("calls", "store_ops", "cold_start", "throughput", "replay", "sweep", "policies")
 
 
 def scenario(policy: str, hours: float, drop: float, seed: int) -> Any:
@@ -468,6 +472,161 @@ def sweep_cost(
     }
 
 
+# --- 7. Triggering policies under a stream of commits -------------------------------------
+
+# The job's triggering_policy (the job file's table) for each run; the same arrivals for all.
+TRIGGERING_POLICIES: dict[str, dict[str, Any]] = {
+    "greedy_batching": {
+        "kind": "greedy_batching",
+        "max_concurrent_invocations": 1,
+        "max_batch_size": 1000,
+    },
+    # What shepherd did before triggering policies: every trigger its own build, at once.
+    "one_build_per_trigger": {
+        "kind": "greedy_batching",
+        "max_concurrent_invocations": 100,
+        "max_batch_size": 1,
+    },
+    "logarithmic_batching": {
+        "kind": "logarithmic_batching",
+        "max_concurrent_invocations": 1,
+        "log_base": 2,
+    },
+    "newest_first": {"kind": "newest_first", "max_concurrent_invocations": 1},
+}
+POLICY_JOB = "chromium/linux-rel"
+POLICY_REPO = "https://chromium.googlesource.com/chromium/src"
+
+
+def commit_arrivals(commits: int, window_ns: int, seed: int) -> list[int]:
+    """When each commit lands, as offsets into the window: uniform at random (seeded), sorted."""
+    rng = random.Random(seed)
+    return sorted(rng.randrange(window_ns) for _ in range(commits))
+
+
+def commit_trigger(n: int) -> TriggerRequest:
+    """Commit n's trigger as `POST /trigger` takes it: its own revision and request_id."""
+    revision = hashlib.sha1(f"commit {n}".encode()).hexdigest()
+    body = {
+        "job": POLICY_JOB,
+        "gitiles": {"repo": POLICY_REPO, "ref": "refs/heads/main", "revision": revision},
+        "request_id": f"commit-{n:03d}",
+    }
+    return TriggerBody.model_validate(body).to_request()
+
+
+def _policy_scenario(policy: dict[str, Any], queue_ns: int, build_ns: int, seed: int) -> Any:
+    seed_scenario = load_scenario("seed")
+    job = {
+        "id": POLICY_JOB,
+        "kind": "buildbucket",
+        "server": "cr-buildbucket.appspot.com",
+        "bucket": "ci",
+        "builder": "linux-rel",
+        "triggering_policy": policy,
+    }
+    script = [
+        {"status": "SCHEDULED", "for": format_duration(queue_ns)},
+        {"status": "STARTED", "for": format_duration(build_ns)},
+        {"status": "SUCCESS"},
+    ]
+    settings = {**seed_scenario.jobs["settings"], "status_policy": "shepherd"}
+    return dataclasses.replace(
+        seed_scenario,
+        seed=seed,
+        jobs={"settings": settings, "jobs": [job]},
+        simulator={"script": script, "seed": seed},
+    )
+
+
+def policy_run(
+    sim: SimulatorProcess,
+    state_path: Path,
+    policy: dict[str, Any],
+    arrivals: list[int],
+    queue_ns: int,
+    build_ns: int,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """The commits arrive at their offsets as triggers of a Buildbucket job under `policy`;
+    virtual time runs until everything is over. Latency: a commit's trigger → the start of the
+    invocation that took it (its ScheduleBuild)."""
+    t0 = time.perf_counter()
+    stack = VirtualStack(_policy_scenario(policy, queue_ns, build_ns, seed), state_path, sim)
+    start = stack.clock.now_ns()
+    try:
+        for n, offset in enumerate(arrivals):
+            stack.trigger_at(start + offset, commit_trigger(n))
+        stack.run_until_idle()
+    finally:
+        stack.close()
+    triggers, invocations = [], {}
+    for n in range(len(arrivals)):
+        trigger = stack.store.get_trigger(POLICY_JOB, f"commit-{n:03d}")
+        assert trigger is not None
+        triggers.append(trigger)
+        if trigger.invocation_id is not None and trigger.invocation_id not in invocations:
+            inv = stack.store.get(trigger.invocation_id)
+            assert inv is not None and inv.status is Status.SUCCEEDED and inv.started_ns
+            invocations[inv.id] = inv
+    latencies = sorted(
+        invocations[t.invocation_id].started_ns - t.created_ns  # type: ignore[operator]
+        for t in triggers
+        if t.invocation_id is not None
+    )
+    statuses = [t.status for t in triggers]
+    builds = sim.state()["builds"]
+    build_s = [
+        (parse_rfc3339(b["endTime"]) - parse_rfc3339(b["startTime"])) / SECOND for b in builds
+    ]
+    finished = [i.finished_ns for i in invocations.values() if i.finished_ns is not None]
+    return {
+        "policy": policy,
+        "builds": len(builds),
+        "invocations": len(invocations),
+        "commits_built": statuses.count(TriggerStatus.STARTED),
+        "discarded": statuses.count(TriggerStatus.DISCARDED),
+        "pending": statuses.count(TriggerStatus.PENDING),
+        "largest_batch": max((len(i.triggers) for i in invocations.values()), default=0),
+        "worst_latency_s": latencies[-1] / SECOND if latencies else None,
+        "median_latency_s": statistics.median(latencies) / SECOND if latencies else None,
+        "build_minutes": sum(build_s) / 60,
+        "all_built_s": (max(finished) - start) / SECOND if finished else None,
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def triggering_policies(
+    sim: SimulatorProcess,
+    workdir: Path,
+    commits: int = 100,
+    window_ns: int = HOUR,
+    queue_ns: int = MINUTE,
+    build_ns: int = 20 * MINUTE,
+    seed: int = 15,
+) -> dict[str, Any]:
+    """The same commits, at seeded random times over the window, under each triggering policy
+    of TRIGGERING_POLICIES, in virtual time against the Buildbucket simulator."""
+    arrivals = commit_arrivals(commits, window_ns, seed)
+    runs = {
+        name: policy_run(
+            sim, workdir / f"policies-{name}.db", policy, arrivals, queue_ns, build_ns, seed
+        )
+        for name, policy in TRIGGERING_POLICIES.items()
+    }
+    return {
+        "commits": commits,
+        "window_s": window_ns / SECOND,
+        "arrivals": f"uniform at random over the window, seed {seed}",
+        "first_arrival_s": arrivals[0] / SECOND,
+        "last_arrival_s": arrivals[-1] / SECOND,
+        "queue_s": queue_ns / SECOND,
+        "build_s": build_ns / SECOND,
+        "delivery": "start tasks after 100 ms, notifications after 250 ms (the seed's)",
+        "runs": runs,
+    }
+
+
 # --- 5. Virtual-time replay of the seed --------------------------------------------------
 
 
@@ -567,17 +726,65 @@ def _row(figure: str, ours: str, baseline: str = "—", ratio: str = "—") -> s
     return f"| {figure} | {ours} | {baseline} | {ratio} |"
 
 
+def _span(seconds: float) -> str:
+    """A duration to one decimal in the unit that suits it: 0.1 s, 21 min, 7.1 h."""
+    if seconds < 60:
+        value, unit = seconds, "s"
+    elif seconds < 2 * 3600:
+        value, unit = seconds / 60, "min"
+    else:
+        value, unit = seconds / 3600, "h"
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+POLICY_LABELS = {
+    "greedy_batching": "greedy_batching, 1 at a time (LUCI's default)",
+    "one_build_per_trigger": "one build per trigger (greedy, 100 at a time, batches of 1)",
+    "logarithmic_batching": "logarithmic_batching, log_base 2, 1 at a time",
+    "newest_first": "newest_first, 1 at a time",
+}
+
+
+def policies_markdown(p: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"Triggering policies: {p['commits']} commits over {_span(p['window_s'])} "
+        f"({p['arrivals']}), one trigger each, on a job whose builds wait "
+        f"{_span(p['queue_s'])} in the queue and run {_span(p['build_s'])}; the same arrivals "
+        "under each policy, replayed in virtual time against the Buildbucket simulator until "
+        "every build is over. Latency: a commit's trigger → the ScheduleBuild of the build "
+        "that includes it.",
+        "",
+        "| policy | builds | commits built (discarded) | commit → build start, worst / median "
+        "| build-minutes | every commit built, from the hour's start |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in p["runs"].items():
+        lines.append(
+            f"| {POLICY_LABELS.get(name, name)} | {r['builds']} "
+            f"| {r['commits_built']} ({r['discarded']}) "
+            f"| {_span(r['worst_latency_s'])} / {_span(r['median_latency_s'])} "
+            f"| {r['build_minutes']:.0f} | {_span(r['all_built_s'])} |"
+        )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
+    """The report; a step missing from `results` (a file from before it existed) is left out."""
     took = f"`make bench` took {results['seconds']:.0f} s"
     lines = [
         "# Benchmark results",
         "",
         f"Run {results['when']} on {results['machine']}; {took}.",
+    ]
+    for step, when in results.get("measured_apart", {}).items():
+        lines.append(f"`{step}` measured apart (`--only {step} --merge`): {when}.")
+    lines += [
         "",
         _row("figure", "ours", "baseline (same run)", "ratio"),
         "|---|---|---|---|",
     ]
-    for r in results["calls"]["rows"]:
+    for r in results.get("calls", {}).get("rows", []):
         lines.append(
             _row(
                 f"Buildbucket calls per build-hour, {r['build_hours']} h build, "
@@ -589,7 +796,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{r['ratio']:.2f}",
             )
         )
-    for store, events in results["store_ops"].items():
+    for store, events in results.get("store_ops", {}).items():
         for event, f in sorted(events.items()):
             lines.append(
                 _row(
@@ -599,7 +806,45 @@ def markdown(results: dict[str, Any]) -> str:
                     "goal ≤ 1 / ≤ 2 / 1",
                 )
             )
-    cold = results["cold_start"]
+    lines += _cold_start_rows(results["cold_start"]) if "cold_start" in results else []
+    lines += _throughput_rows(results["throughput"]) if "throughput" in results else []
+    if "replay" in results:
+        rp = results["replay"]
+        lines.append(
+            _row(
+                f"seed replay (the 5h46m build) wall time, median (min) of {rp['runs']}",
+                f"{rp['median_s']:.2f} s ({rp['min_s']:.2f} s)",
+                "goal < 2 s",
+            )
+        )
+    if "sweep" in results:
+        sw = results["sweep"]
+        lines.append(
+            _row(
+                f"sweep per tick, {sw['stored']} running invocations, {sw['overdue']} overdue: "
+                f"{sw['queries_per_tick']} query, {sw['reads_per_tick']} reads",
+                f"{sw['tick_ms_median']:.1f} ms",
+                f"scan of all {sw['full_scan_rows']}: {sw['full_scan_ms_median']:.1f} ms",
+                f"{sw['tick_ms_median'] / sw['full_scan_ms_median']:.2f}",
+            )
+        )
+    if "cost" in results:
+        cost = results["cost"]
+        lines.append(
+            _row(
+                f"cost of 1,000 six-hour invocations (list prices of {cost['prices']['recorded']})",
+                f"${cost['shepherd']['total_usd']:.2f}",
+                f"LUCI policy ${cost['luci']['total_usd']:.2f}",
+                f"{cost['ratio']:.2f}",
+            )
+        )
+    if "policies" in results:
+        lines += policies_markdown(results["policies"])
+    return "\n".join(lines) + "\n"
+
+
+def _cold_start_rows(cold: dict[str, Any]) -> list[str]:
+    lines = []
     for target, f in cold["functions"].items():
         lines.append(
             _row(
@@ -619,8 +864,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"{cold['worst_ratio']:.2f}",
         )
     )
-    tp = results["throughput"]
-    lines += [
+    return lines
+
+
+def _throughput_rows(tp: dict[str, Any]) -> list[str]:
+    return [
         _row(
             f"throughput, trigger to SUCCEEDED, {tp['invocations']} invocations",
             f"{tp['invocations_per_s']:.1f} /s",
@@ -636,34 +884,18 @@ def markdown(results: dict[str, Any]) -> str:
             f"(RSS {tp['rss_idle_mib']:.0f} → {tp['rss_with_running_mib']:.0f} MiB)",
         ),
     ]
-    rp = results["replay"]
-    lines.append(
-        _row(
-            f"seed replay (the 5h46m build) wall time, median (min) of {rp['runs']}",
-            f"{rp['median_s']:.2f} s ({rp['min_s']:.2f} s)",
-            "goal < 2 s",
-        )
-    )
-    sw = results["sweep"]
-    lines.append(
-        _row(
-            f"sweep per tick, {sw['stored']} running invocations, {sw['overdue']} overdue: "
-            f"{sw['queries_per_tick']} query, {sw['reads_per_tick']} reads",
-            f"{sw['tick_ms_median']:.1f} ms",
-            f"scan of all {sw['full_scan_rows']}: {sw['full_scan_ms_median']:.1f} ms",
-            f"{sw['tick_ms_median'] / sw['full_scan_ms_median']:.2f}",
-        )
-    )
-    cost = results["cost"]
-    lines.append(
-        _row(
-            f"cost of 1,000 six-hour invocations (list prices of {cost['prices']['recorded']})",
-            f"${cost['shepherd']['total_usd']:.2f}",
-            f"LUCI policy ${cost['luci']['total_usd']:.2f}",
-            f"{cost['ratio']:.2f}",
-        )
-    )
-    return "\n".join(lines) + "\n"
+
+
+def merge(step: str, fresh: dict[str, Any], seconds: float) -> None:
+    """Puts one step's figures into bench/results.json beside the last full run's, and says
+    when that step was measured; RESULTS.md is written again from the merged figures."""
+    path = OUT / "results.json"
+    results = json.loads(path.read_text())
+    results[step] = fresh[step]
+    apart = results.setdefault("measured_apart", {})
+    apart[step] = f"{fresh['when']} on {fresh['machine']}, in {seconds:.0f} s"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (OUT / "RESULTS.md").write_text(markdown(results))
 
 
 def main() -> None:
@@ -671,9 +903,19 @@ def main() -> None:
     parser.add_argument(
         "--only",
         choices=STEPS,
-        help="run one benchmark and print its figures (bench/ and README.md stay as they are)",
+        help="run one benchmark and print its figures (bench/ and README.md stay as they are, "
+        "unless --merge)",
     )
-    only = parser.parse_args().only
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: also merge its figures into bench/results.json, keeping the other "
+        "steps', and rewrite bench/RESULTS.md from it (README.md stays as it is)",
+    )
+    args = parser.parse_args()
+    only = args.only
+    if args.merge and not only:
+        parser.error("--merge goes with --only STEP")
     started = time.perf_counter()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -689,6 +931,7 @@ def main() -> None:
             "throughput": lambda: throughput(sim, workdir),
             "replay": lambda: replay_wall_time(workdir),
             "sweep": lambda: sweep_cost(workdir),
+            "policies": lambda: triggering_policies(sim, workdir),
         }
         for name, step in steps.items():
             if only and name != only:
@@ -698,6 +941,8 @@ def main() -> None:
             print(f"{name}: {time.perf_counter() - t0:.1f} s", flush=True)
     if only:
         print(json.dumps(results[only], indent=2))
+        if args.merge:
+            merge(only, results, time.perf_counter() - started)
         return
     results["cost"] = cost_model(results["calls"], results["store_ops"])
     results["seconds"] = time.perf_counter() - started

@@ -36,7 +36,12 @@ BUILDSET = (
 COMMIT_TAGS = [BUILDSET, "gitiles_ref:refs/heads/main"]
 
 
-def write_jobs(path: Path, sim_url: str, **settings: str) -> Path:
+# Most end-to-end tests run many invocations of the one job at once, one per trigger; the
+# triggering policies' own tests give the job theirs.
+CONCURRENT = "triggering_policy = {max_concurrent_invocations = 1000, max_batch_size = 1}"
+
+
+def write_jobs(path: Path, sim_url: str, policy: str = CONCURRENT, **settings: str) -> Path:
     lines = ["[settings]", 'status_check_min = "1s"', 'status_check_max = "2s"']
     lines += [f'{key} = "{value}"' for key, value in settings.items()]
     lines += [
@@ -46,6 +51,7 @@ def write_jobs(path: Path, sim_url: str, **settings: str) -> Path:
         f'server = "{sim_url}"',
         'bucket = "ci"',
         'builder = "Windows deterministic"',
+        policy,
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -121,7 +127,9 @@ class DevProcess:
             self.url + "/trigger", json={"job": JOB, "tags": COMMIT_TAGS, **body}
         )
         assert response.status_code == 202, response.text
-        return response.json()["invocation_id"]
+        invocation_id = response.json()["invocation_id"]
+        assert invocation_id is not None, f"the trigger waits: {response.text}"
+        return invocation_id
 
     def invocation(self, invocation_id: str) -> dict[str, Any]:
         response = self.http.get(f"{self.url}/api/invocations/{invocation_id}")

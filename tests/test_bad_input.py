@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevProcess
         sim.configure({"publish_url": dev.url, "script": LONG})
         invocation_id = dev.trigger()
         dev.wait_for(invocation_id, {"RUNNING"})
+        # The build's own STARTED notification comes 300 ms in: after it, nothing should.
+        deadline = time.monotonic() + 30
+        while not any("PubSub notification" in line for line in dev.log_lines(invocation_id)):
+            assert time.monotonic() < deadline, "the build's notification never came"
+            time.sleep(0.1)
         yield dev, invocation_id
         dev.stop()
 

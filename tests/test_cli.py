@@ -43,10 +43,12 @@ def test_trigger_follow_show_and_list(sim: SimulatorProcess, dev: DevProcess) ->
     ]
     started = shepherd(*args, url=dev.url)
     assert started.returncode == 0, started.stderr
-    invocation_id = started.stdout.strip()
+    trigger_line, invocation_line = started.stdout.splitlines()
+    assert trigger_line == "trigger cli-1"
+    invocation_id = invocation_line.removeprefix("invocation ")
     assert invocation_id.isdigit()
     again = shepherd(*args, url=dev.url)
-    assert again.stdout.strip() == invocation_id  # the same request id
+    assert again.stdout == started.stdout  # the same request id: the same trigger
 
     followed = shepherd("log", invocation_id, "--follow", url=dev.url)
     assert followed.returncode == 0
@@ -67,6 +69,8 @@ def test_trigger_follow_show_and_list(sim: SimulatorProcess, dev: DevProcess) ->
         expected = answer[name]
         if name == "log":
             assert value == f"{len(expected)} lines"
+        elif name == "triggers":
+            assert value == "cli-1" and [t["id"] for t in expected] == ["cli-1"]
         else:
             assert value == ("—" if expected is None else str(expected))
     assert rows["status"] == "SUCCEEDED" and rows["build_id"].isdigit()
@@ -79,7 +83,8 @@ def test_trigger_follow_show_and_list(sim: SimulatorProcess, dev: DevProcess) ->
 
 def test_abort(sim: SimulatorProcess, dev: DevProcess) -> None:
     sim.configure({"publish_url": dev.url, "script": LONG})
-    invocation_id = shepherd("trigger", JOB, url=dev.url).stdout.strip()
+    triggered = shepherd("trigger", JOB, url=dev.url).stdout.splitlines()
+    invocation_id = triggered[-1].removeprefix("invocation ")
     dev.wait_for(invocation_id, {"RUNNING"})
     aborted = shepherd("abort", invocation_id, url=dev.url)
     assert aborted.returncode == 0 and aborted.stdout.strip() == f"{invocation_id} ABORTED"
@@ -89,6 +94,35 @@ def test_abort(sim: SimulatorProcess, dev: DevProcess) -> None:
         and "409: invocation" in again.stderr
         and "already finished" in again.stderr
     )
+
+
+def test_jobs_list_show_pause_and_resume(sim: SimulatorProcess, dev: DevProcess) -> None:
+    sim.configure({"publish_url": dev.url, "script": LONG})
+    paused = shepherd("jobs", "pause", JOB, "--reason", "tree closed", url=dev.url)
+    assert paused.returncode == 0, paused.stderr
+    rows = dict(line.split("\t", 1) for line in paused.stdout.splitlines())
+    assert rows["paused"] == "True" and rows["paused_reason"] == "tree closed"
+    refused = shepherd("trigger", JOB, url=dev.url)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith(f'409: job "{JOB}" is paused: tree closed')
+    header, *lines = [
+        line.split("\t") for line in shepherd("jobs", "list", url=dev.url).stdout.splitlines()
+    ]
+    listed = dict(zip(header, lines[0], strict=True))
+    assert listed["id"] == JOB and listed["paused"] == "True" and listed["kind"] == "buildbucket"
+    assert shepherd("jobs", "resume", JOB, url=dev.url).returncode == 0
+    triggered = shepherd("trigger", JOB, url=dev.url)
+    assert triggered.returncode == 0
+    invocation_id = triggered.stdout.splitlines()[-1].removeprefix("invocation ")
+    dev.wait_for(invocation_id, {"RUNNING"})
+    shown = dict(
+        line.split("\t", 1)
+        for line in shepherd("jobs", "show", JOB, url=dev.url).stdout.splitlines()
+    )
+    assert invocation_id in shown["running_invocations"]
+    aborted = shepherd("jobs", "abort", JOB, url=dev.url)
+    assert aborted.returncode == 0
+    assert dev.wait_for(invocation_id, {"ABORTED"})["status"] == "ABORTED"
 
 
 @pytest.mark.parametrize(
@@ -103,6 +137,8 @@ def test_abort(sim: SimulatorProcess, dev: DevProcess) -> None:
         (["log", "42"], 1, "404: no invocation 42"),
         (["list", "chromium/nope"], 1, '404: unknown job "chromium/nope"'),
         (["abort", "42"], 1, "404: no invocation 42"),
+        (["jobs", "show", "chromium/nope"], 1, '404: unknown job "chromium/nope"'),
+        (["jobs", "pause", "nope"], 1, "404: unknown job"),
     ],
 )
 def test_errors_are_one_line_with_a_nonzero_exit(

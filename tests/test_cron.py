@@ -14,7 +14,7 @@ from shepherd.cron import run_schedules
 from shepherd.durations import HOUR, MINUTE, SECOND
 from shepherd.engine import Engine
 from shepherd.jobs import ConfigError, parse_jobs
-from shepherd.model import Status
+from shepherd.model import Status, TriggerStatus
 from shepherd.schedule import parse_schedule
 from shepherd.tasks.registry import CONFIG_MODELS
 
@@ -44,17 +44,20 @@ def test_a_tick_triggers_once_even_when_called_twice(tmp_path: Path) -> None:
     assert len(built.store.list_invocations("infra/nap")) == 1
 
 
-def test_next_tick_is_skipped_while_the_previous_invocation_runs(tmp_path: Path) -> None:
+def test_a_tick_while_the_previous_invocation_runs_waits_for_it(tmp_path: Path) -> None:
     built, clock, queue = engine(tmp_path, schedule="*/5 * * * *")
     assert actions(built, clock) == ["triggered"]
     run_due(built, clock, queue)  # started: RUNNING for 10 minutes
     clock.advance(5 * MINUTE)
-    results = run_schedules(built, clock.now_ns())
-    assert [(r.action, r.detail) for r in results] == [("skipped", "1 invocation(s) still running")]
+    (result,) = run_schedules(built, clock.now_ns())
+    assert (result.action, result.invocation_id) == ("triggered", None)  # pending
+    waiting = built.store.get_trigger("infra/nap", result.trigger_id or "")
+    assert waiting is not None and waiting.status is TriggerStatus.PENDING
     clock.advance(5 * MINUTE)
-    run_due(built, clock, queue)  # the first one finishes
-    assert built.store.list_invocations("infra/nap")[0].status is Status.SUCCEEDED
-    assert actions(built, clock) == ["triggered"]
+    run_due(built, clock, queue)  # the first one finishes: the tick's trigger starts
+    first, second = built.store.list_invocations("infra/nap")[::-1]
+    assert first.status is Status.SUCCEEDED and not second.status.final
+    assert [t.id for t in second.triggers] == [waiting.id]
 
 
 def test_max_concurrent_invocations_lets_ticks_overlap(tmp_path: Path) -> None:

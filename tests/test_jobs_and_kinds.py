@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from kinds import sleep_engine
-from shepherd.durations import MINUTE, SECOND
+from shepherd.durations import HOUR, MINUTE, SECOND
 from shepherd.engine import Outcome
 from shepherd.jobs import ConfigError, load_jobs, parse_jobs
 from shepherd.model import QueuedTask, Status, TriggerRequest
+from shepherd.policy import TriggeringPolicy
 from shepherd.tasks.registry import CONFIG_MODELS
 
 GOOD_JOB = {
@@ -61,6 +62,40 @@ def test_a_good_file_loads_with_defaults(tmp_path: Path) -> None:
         ([{**GOOD_JOB, "id": "no-project"}], None, 'field "id"'),
         ([GOOD_JOB], {"status_check_min": "10m", "status_check_max": "1m"}, "must not exceed"),
         ([GOOD_JOB], {"status_check_min": "5 minutes"}, 'field "status_check_min"'),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"kind": "newest"}}],
+            None,
+            'job "chromium/Windows deterministic": field "triggering_policy": '
+            'unrecognized policy kind "newest"',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"max_concurrent_invocations": 0}}],
+            None,
+            'field "triggering_policy": max_concurrent_invocations should be positive, got 0',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"pending_timeout": "1h"}}],
+            None,
+            'field "triggering_policy": pending_timeout is set with kind "greedy_batching"',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"kind": "logarithmic_batching", "log_base": 1}}],
+            None,
+            'field "triggering_policy": log_base should be larger or equal 1.0001, got 1.000000',
+        ),
+        (
+            [{**GOOD_JOB, "triggering_policy": {"max_batch": 5}}],
+            None,
+            'field "triggering_policy": unknown key "max_batch"',
+        ),
+        ([{**GOOD_JOB, "triggering_policy": "greedy"}], None, 'field "triggering_policy": should'),
+        (
+            [{**GOOD_JOB, "triggering_policy": {}, "max_concurrent_invocations": 2}],
+            None,
+            'job "chromium/Windows deterministic": field "max_concurrent_invocations": '
+            'not allowed beside "triggering_policy"',
+        ),
+        ([{**GOOD_JOB, "max_concurrent_invocations": 1001}], None, "less than or equal to 1000"),
     ],
 )
 def test_bad_files_are_refused_naming_file_job_and_field(
@@ -70,6 +105,29 @@ def test_bad_files_are_refused_naming_file_job_and_field(
         parse(jobs, settings)
     assert str(error.value).startswith("jobs.toml: ")
     assert message in str(error.value)
+
+
+def test_triggering_policy_and_the_older_max_concurrent_invocations(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(
+        '[[jobs]]\nid = "a/newest"\nserver = "http://127.0.0.1:8081"\nbucket = "ci"\n'
+        'builder = "b"\ntriggering_policy = {kind = "newest_first", max_concurrent_invocations'
+        ' = 3, pending_timeout = "2h"}\n\n[[jobs]]\nid = "a/old"\nserver = "http://127.0.0.1:8081"'
+        '\nbucket = "ci"\nbuilder = "b"\nmax_concurrent_invocations = 4\n\n[[jobs]]\nid = "a/plain"'
+        '\nserver = "http://127.0.0.1:8081"\nbucket = "ci"\nbuilder = "b"\n'
+    )
+    jobs = load_jobs(path, CONFIG_MODELS).jobs
+    newest = jobs["a/newest"].triggering_policy
+    assert (newest.kind, newest.max_concurrent_invocations, newest.pending_timeout_ns) == (
+        "newest_first",
+        3,
+        2 * HOUR,
+    )
+    assert jobs["a/newest"].max_concurrent_invocations == 3
+    assert jobs["a/old"].triggering_policy == TriggeringPolicy(max_concurrent_invocations=4)
+    assert jobs["a/old"].max_concurrent_invocations == 4
+    assert jobs["a/plain"].triggering_policy == TriggeringPolicy()
+    assert not hasattr(jobs["a/plain"].config, "triggering_policy")
 
 
 def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
@@ -82,7 +140,7 @@ def test_unreadable_and_invalid_toml_files(tmp_path: Path) -> None:
 
 def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None:
     engine, clock, queue = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     delivered: list[QueuedTask] = []
     while (eta := queue.next_eta()) is not None:
         clock.advance_to(eta)
@@ -106,7 +164,7 @@ def test_a_new_kind_plugs_in_without_touching_the_engine(tmp_path: Path) -> None
 
 def test_a_timer_whose_job_left_the_job_file_fails_the_invocation(tmp_path: Path) -> None:
     engine, clock, queue = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     (start,) = queue.pop_due(clock.now_ns())
     engine.handle_task(start.invocation_id, start.timer_id, start.name)
     engine.jobs.jobs.clear()  # the job file was changed under a running invocation
@@ -121,7 +179,7 @@ def test_a_timer_whose_job_left_the_job_file_fails_the_invocation(tmp_path: Path
 
 def test_a_redelivered_timer_hands_pending_timers_again(tmp_path: Path) -> None:
     engine, clock, queue = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     (start,) = queue.pop_due(clock.now_ns())
     engine.handle_task(start.invocation_id, start.timer_id, start.name)
     (pending,) = engine.store.get(inv.id).pending_timers  # type: ignore[union-attr]
@@ -143,7 +201,7 @@ class Recorder:
 @pytest.mark.parametrize("tid", ["junk", "a:b", "infra/nap:1:start:x", "other/job:5:start:1"])
 def test_malformed_start_tasks_are_ignored(tmp_path: Path, tid: str) -> None:
     engine, _, _ = sleep_engine(tmp_path, seconds=90)
-    inv = engine.trigger(TriggerRequest(job_id="infra/nap"))
+    inv = engine.trigger(TriggerRequest(job_id="infra/nap")).invocation
     assert engine.handle_task(inv.id, tid, "start-invocation") is Outcome.IGNORED
     stored = engine.store.get(inv.id)
     assert stored is not None and stored.mutation_count == 0

@@ -320,7 +320,10 @@ def test_every_line_of_a_deployed_stack_is_json_and_one_invocations_lines_share_
         assert isinstance(entry["message"], str) and entry["message"], entry
 
     by_trace = [e for e in entries if e.get(TRACE_FIELD) == f"projects/{PROJECT}/traces/{TRACE_ID}"]
-    assert [e["message"] for e in by_trace] == [f"triggered invocation {invocation_id} of {job}"]
+    trigger_id = triggered.json()["trigger_id"]
+    assert [e["message"] for e in by_trace] == [
+        f"trigger {trigger_id} of {job}: invocation {invocation_id}"
+    ]
     assert by_trace[0][INVOCATION_FIELD] == invocation_id and by_trace[0][JOB_FIELD] == job
     assert by_trace[0][SPAN_FIELD] == W3C_SPAN
 

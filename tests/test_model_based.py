@@ -34,7 +34,7 @@ from shepherd.adapters.firestore_store import FirestoreStore
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.clock import VirtualClock
 from shepherd.durations import MINUTE, SECOND
-from shepherd.engine import Engine, InvocationFinished, RetryLater
+from shepherd.engine import Engine, InvocationFinished, JobPaused, RetryLater
 from shepherd.grpc_codes import Code
 from shepherd.jobs import parse_jobs
 from shepherd.model import (
@@ -44,13 +44,16 @@ from shepherd.model import (
     PubSubMessage,
     QueuedTask,
     Status,
+    Trigger,
     TriggerRequest,
+    TriggerStatus,
 )
 from shepherd.signing import TokenSigner
 from shepherd.tasks.registry import CONFIG_MODELS, make_kinds
 from shepherd_tools.simulator.server import Simulator
 
 JOB = "chromium/Windows deterministic"
+MAX_CONCURRENT = 2
 BUILDSET = (
     "buildset:commit/gitiles/chromium.googlesource.com/chromium/src/+/"
     "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
@@ -149,6 +152,11 @@ class EngineMachine(RuleBasedStateMachine):
                         "server": "cr-buildbucket.appspot.com",
                         "bucket": "ci",
                         "builder": "Windows deterministic",
+                        "triggering_policy": {
+                            "kind": "greedy_batching",
+                            "max_concurrent_invocations": MAX_CONCURRENT,
+                            "max_batch_size": 2,
+                        },
                     }
                 ],
             },
@@ -167,6 +175,7 @@ class EngineMachine(RuleBasedStateMachine):
         )
         self.inbox: list[PubSubMessage] = []
         self.invocations: list[int] = []
+        self.triggers: list[str] = []
         self.seen: dict[int, tuple[int, list[LogEntry]]] = {}
         self.aborted: set[int] = set()  # an abort was accepted (200 or 202)
         self.aborted_unlaunched: set[int] = set()  # ... before any launch attempt began
@@ -177,10 +186,14 @@ class EngineMachine(RuleBasedStateMachine):
         self.sim.config.faults.clear()
         self.store.crash_next = False
         for _ in range(2000):
-            if all(self._inv(i).status.final for i in self.invocations):
+            self._find_invocations()
+            if all(self._inv(i).status.final for i in self.invocations) and not any(
+                self._trigger(t).status is TriggerStatus.PENDING for t in self.triggers
+            ):
                 break
             self.engine.recover()
             self._advance(1 * MINUTE)
+            self.engine.sweep(self.clock.now_ns())  # the scheduler tick: triages every job
             for task in [t for t in self.queue.pending if t.eta_ns <= self.clock.now_ns()]:
                 self._deliver_task(task, keep=False)
             while self.inbox:
@@ -233,11 +246,40 @@ class EngineMachine(RuleBasedStateMachine):
             {"clock": "manual", "start_ns": T0, "script": [*script, {"status": final}]}
         )
 
-    @precondition(lambda self: len(self.invocations) < 3)
-    @rule()
-    def trigger(self) -> None:
-        inv = self.engine.trigger(TriggerRequest(job_id=JOB, tags=(BUILDSET, GITILES_REF)))
-        self.invocations.append(inv.id)
+    @precondition(lambda self: len(self.triggers) < 5)
+    @rule(again=st.booleans())
+    def trigger(self, again: bool) -> None:
+        request_id = self.triggers[-1] if again and self.triggers else f"t{len(self.triggers)}"
+        request = TriggerRequest(job_id=JOB, tags=(BUILDSET, GITILES_REF), request_id=request_id)
+        try:
+            done = self.engine.trigger(request)
+        except JobPaused:
+            assert self.store.get_job(JOB).paused
+            return
+        if request_id not in self.triggers:
+            self.triggers.append(request_id)
+        assert done.trigger.id == request_id
+        self._find_invocations()
+
+    @rule(paused=st.booleans())
+    def pause_or_resume(self, paused: bool) -> None:
+        if paused:
+            self.engine.pause(JOB, "model")
+        else:
+            self.engine.resume(JOB)
+        assert not any(
+            self._trigger(t).status is TriggerStatus.PENDING for t in self.triggers if paused
+        ), "a pause discards what was pending"
+
+    def _find_invocations(self) -> None:
+        for inv in self.store.list_invocations(JOB, limit=100):
+            if inv.id not in self.invocations:
+                self.invocations.append(inv.id)
+
+    def _trigger(self, trigger_id: str) -> Trigger:
+        found = self.store.get_trigger(JOB, trigger_id)
+        assert found is not None, "a trigger is never lost"
+        return found
 
     @rule(seconds=st.integers(min_value=1, max_value=15 * 60))
     def time_passes(self, seconds: int) -> None:
@@ -305,6 +347,24 @@ class EngineMachine(RuleBasedStateMachine):
         self._check_invariants()
 
     def _check_invariants(self) -> None:
+        self._find_invocations()
+        made_of: dict[str, int] = {}
+        running = 0
+        for invocation_id in self.invocations:
+            inv = self._inv(invocation_id)
+            running += not inv.status.final
+            for t in inv.triggers:
+                assert t.id not in made_of, "a trigger runs in one invocation at most"
+                made_of[t.id] = invocation_id
+        assert running <= MAX_CONCURRENT, "never more than max_concurrent_invocations"
+        for trigger_id in self.triggers:
+            trigger = self._trigger(trigger_id)
+            if trigger.status is TriggerStatus.STARTED:
+                assert made_of.get(trigger_id) == trigger.invocation_id
+            else:
+                assert trigger_id not in made_of
+            if trigger.status is TriggerStatus.DISCARDED:
+                assert trigger.reason
         builds = self.sim.builds_by_request()
         # One build per invocation: every ScheduleBuild used the invocation id as requestId.
         assert set(builds) <= {str(i) for i in self.invocations}

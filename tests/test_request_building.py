@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -686,10 +687,11 @@ def test_a_launch_sends_the_property_buildbucket_accepts(
                     "revision": REV,
                     "tags": [BUILDSET, "gitiles_ref:refs/heads/main"],
                 },
-                "id": str(result.invocation.id),
+                "id": result.invocation.triggers[0].id,  # a random one: no request_id
             }
         ],
     }
+    assert re.fullmatch(r"[0-9a-f]{16}", result.invocation.triggers[0].id)
 
 
 @pytest.mark.parametrize("hostname", ["https://x.example.com", "a b", "x/y"])

@@ -15,8 +15,19 @@ from google.cloud import firestore
 from emulators import PROJECT, Emulator, clear_firestore
 from shepherd.adapters.firestore_store import FirestoreStore
 from shepherd.adapters.sqlite_store import SqliteStore
-from shepherd.model import Invocation, LogEntry, LogKind, Status, Timer, TriggerRequest
-from shepherd.ports import ConflictError, Store
+from shepherd.model import (
+    IncomingTrigger,
+    Invocation,
+    JobState,
+    LogEntry,
+    LogKind,
+    Status,
+    Timer,
+    Trigger,
+    TriggerRequest,
+    TriggerStatus,
+)
+from shepherd.ports import ConflictError, Store, TriagePlan, TriageView
 
 JOB = "chromium/Windows deterministic"
 
@@ -35,41 +46,33 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     client.close()
 
 
-def invocation(
-    inv_id: int, created: int = 1, request_id: str | None = None, job: str = JOB
-) -> Invocation:
+def invocation(inv_id: int, created: int = 1, job: str = JOB) -> Invocation:
     return Invocation(
         id=inv_id,
         job_id=job,
-        request=TriggerRequest(
-            job_id=job, tags=("a:b",), properties={"k": [1, "x"]}, request_id=request_id
-        ),
+        request=TriggerRequest(job_id=job, tags=("a:b",), properties={"k": [1, "x"]}),
         created_ns=created,
     )
 
 
 def test_create_then_get_round_trips_everything(store: Store) -> None:
     inv = invocation(7).evolve(
-        pending_timers=(Timer("t:7:0:0", "check", 1, 2, {"p": 1}),), task_data={"build_id": "9"}
+        pending_timers=(Timer("t:7:0:0", "check", 1, 2, {"p": 1}),),
+        task_data={"build_id": "9"},
+        triggers=(IncomingTrigger("t/+/x@1", TriggerRequest(job_id=JOB), created_ns=3),),
     )
-    assert store.create(inv, [LogEntry(1, "queued", LogKind.QUEUED)]) == inv
+    store.create(inv, [LogEntry(1, "queued", LogKind.QUEUED)])
     assert store.get(7) == inv
     assert store.read_log(7) == [LogEntry(1, "queued", LogKind.QUEUED)]
     assert store.get(8) is None
-
-
-def test_request_id_finds_the_first_invocation(store: Store) -> None:
-    first = store.create(invocation(1, request_id="k"), [LogEntry(1, "queued", LogKind.QUEUED)])
-    again = store.create(invocation(2, request_id="k"), [LogEntry(2, "queued", LogKind.QUEUED)])
-    assert again == first
-    assert store.get(2) is None
-    assert store.read_log(1) == [LogEntry(1, "queued", LogKind.QUEUED)]
-    other_job = store.create(invocation(3, request_id="k", job="chromium/other"), [])
-    assert other_job.id == 3
+    with pytest.raises(ConflictError):
+        store.create(invocation(7), [])
+    assert store.get(7) == inv
 
 
 def test_commit_is_a_compare_and_swap_on_the_mutation_count(store: Store) -> None:
-    inv = store.create(invocation(1), [LogEntry(1, "a", LogKind.INFO)])
+    inv = invocation(1)
+    store.create(inv, [LogEntry(1, "a", LogKind.INFO)])
     running = inv.evolve(status=Status.RUNNING, mutation_count=1)
     store.commit(running, 0, [LogEntry(2, "b", LogKind.INFO), LogEntry(3, "c", LogKind.INFO)])
     with pytest.raises(ConflictError):
@@ -273,3 +276,83 @@ def test_an_old_sqlite_file_gains_next_checks_on_open(tmp_path: Path) -> None:
     db.close()
     # The unfinished one is due at once, for the sweep to look at.
     assert [i.id for i in SqliteStore(path).list_overdue(100, 10)] == [1]
+
+
+# --- triggers and triage ---------------------------------------------------------------------
+
+
+def trigger(trigger_id: str, created: int, order: int = 0, job: str = JOB) -> Trigger:
+    request = TriggerRequest(job_id=job, tags=(f"n:{trigger_id}",), request_id=trigger_id)
+    return Trigger(trigger_id, job, created, request, order)
+
+
+def test_a_trigger_id_is_one_trigger_per_job(store: Store) -> None:
+    first = trigger("cron:1/+/ref@x", 5)
+    assert store.add_trigger(first) == first
+    assert store.add_trigger(trigger("cron:1/+/ref@x", 9)) == first  # the stored one
+    other = trigger("cron:1/+/ref@x", 9, job="chromium/other")
+    assert store.add_trigger(other) == other
+    assert store.get_trigger(JOB, "cron:1/+/ref@x") == first
+    assert store.get_trigger(JOB, "nope") is None
+
+
+def test_pending_triggers_come_oldest_first_by_time_order_and_id(store: Store) -> None:
+    for t in [trigger("b", 20), trigger("a_t3", 20), trigger("t2", 10), trigger("c", 20, -1)]:
+        store.add_trigger(t)
+    store.add_trigger(trigger("elsewhere", 1, job="chromium/other"))
+    assert [t.id for t in store.list_pending(JOB, 10)] == ["t2", "c", "a_t3", "b"]
+    assert [t.id for t in store.list_pending(JOB, 2)] == ["t2", "c"]
+
+
+def take_all(view: TriageView) -> TriagePlan | None:
+    """A plan that starts one invocation of every pending trigger, as greedy batching does."""
+    if not view.pending:
+        return None
+    inv = invocation(hash(view.pending[-1].id) % 10**9 + 1)
+    started = tuple(
+        t.evolve(status=TriggerStatus.STARTED, invocation_id=inv.id) for t in view.pending
+    )
+    job = view.job.evolve(active=(*(i for i in view.job.active if i not in view.finished), inv.id))
+    return TriagePlan(job, started, ((inv, (LogEntry(1, "queued", LogKind.QUEUED),)),))
+
+
+def test_a_triage_reads_and_writes_in_one_transaction(store: Store) -> None:
+    assert store.get_job(JOB) == JobState(JOB)
+    store.add_trigger(trigger("t1", 1))
+    store.add_trigger(trigger("t2", 2))
+    plan = store.triage(JOB, 10, take_all)
+    assert plan is not None
+    ((inv, _),) = plan.invocations
+    assert store.get(inv.id) == inv
+    assert store.read_log(inv.id) == [LogEntry(1, "queued", LogKind.QUEUED)]
+    assert store.list_pending(JOB, 10) == []
+    assert store.get_trigger(JOB, "t2") == plan.triggers[1]
+    assert store.get_job(JOB).active == (inv.id,)
+    seen: list[TriageView] = []
+    assert store.triage(JOB, 10, lambda view: seen.append(view)) is None  # writes nothing
+    assert seen[0].finished == frozenset()
+    store.commit(inv.evolve(status=Status.SUCCEEDED, mutation_count=1), 0, [])
+    store.triage(JOB, 10, lambda view: seen.append(view))
+    assert seen[1].finished == {inv.id}  # final: its slot is free
+
+
+def test_racing_triages_start_each_trigger_once(store: Store) -> None:
+    for n in range(6):
+        store.add_trigger(trigger(f"t{n}", n))
+    barrier = threading.Barrier(4)
+    plans: list[TriagePlan | None] = []
+
+    def triage() -> None:
+        barrier.wait()
+        plans.append(store.triage(JOB, 10, take_all))
+
+    threads = [threading.Thread(target=triage) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made = [p for p in plans if p is not None]
+    assert len(made) == 1, "one triage took them all; the others found nothing pending"
+    ((inv, _),) = made[0].invocations
+    assert {t.invocation_id for t in made[0].triggers} == {inv.id}
+    assert store.get_job(JOB).active == (inv.id,)

@@ -73,7 +73,14 @@ def embedded(tmp_path: Path, seconds: int = 600, timeout: str = "24h") -> Embedd
     jobs = parse_jobs(
         {
             "settings": {"invocation_timeout": timeout},
-            "jobs": [{"id": JOB, "kind": "sleep", "seconds": seconds}],
+            "jobs": [
+                {
+                    "id": JOB,
+                    "kind": "sleep",
+                    "seconds": seconds,
+                    "triggering_policy": {"max_concurrent_invocations": 10},
+                }
+            ],
         },
         "jobs.toml",
         {**CONFIG_MODELS, SleepKind.name: SleepKind.config_model},
@@ -96,7 +103,7 @@ def embedded(tmp_path: Path, seconds: int = 600, timeout: str = "24h") -> Embedd
 
 
 def running(stack: Embedded) -> int:
-    inv = stack.engine.trigger(TriggerRequest(job_id=JOB))
+    inv = stack.engine.trigger(TriggerRequest(job_id=JOB)).invocation
     assert stack.deliver_due() == [START_TASK]
     stored = stack.engine.store.get(inv.id)
     assert stored is not None and stored.status is Status.RUNNING
@@ -137,7 +144,7 @@ def test_a_healthy_invocation_is_not_touched(tmp_path: Path) -> None:
 def test_a_starting_invocation_whose_start_was_lost_is_started(tmp_path: Path) -> None:
     stack = embedded(tmp_path)
     stack.lossy.losing = True  # the enqueue right after the trigger's commit fails
-    inv = stack.engine.trigger(TriggerRequest(job_id=JOB))
+    inv = stack.engine.trigger(TriggerRequest(job_id=JOB)).invocation
     stack.lossy.losing = False
     assert [t.name for t in stack.lossy.lost] == [START_TASK]
     stack.clock.advance(SWEEP_MARGIN_NS + SECOND)
@@ -151,7 +158,7 @@ def test_a_starting_invocation_whose_start_was_lost_is_started(tmp_path: Path) -
 
 def test_a_launch_that_died_is_started_again_after_its_grace(tmp_path: Path) -> None:
     stack = embedded(tmp_path)
-    inv = stack.engine.trigger(TriggerRequest(job_id=JOB))
+    inv = stack.engine.trigger(TriggerRequest(job_id=JOB)).invocation
     # The launch's first commit happened, then the process died; its task was lost.
     stored = stack.engine.store.get(inv.id)
     assert stored is not None
@@ -268,4 +275,11 @@ def test_the_scheduler_function_sweeps_and_says_what_it_did(dev: Any) -> None:
     assert answer.status_code == 200
     body = answer.json()
     assert body["results"] == []
-    assert body["sweep"] == {"overdue": 0, "timers": 0, "starts": 0, "timeouts": 0, "conflicts": 0}
+    assert body["sweep"] == {
+        "overdue": 0,
+        "timers": 0,
+        "starts": 0,
+        "timeouts": 0,
+        "conflicts": 0,
+        "started": 0,
+    }

@@ -1,9 +1,9 @@
 """The scheduler tick: triggers each scheduled job that is due, exactly once per tick.
 
 Called every minute (Cloud Scheduler in production, `shepherd dev` locally), possibly twice:
-each tick triggers with a request id naming the tick, so the store's request-id dedup makes a
-second call a no-op. A job whose previous invocations still run up to its
-`max_concurrent_invocations` skips the tick.
+each tick is a trigger whose id names the tick, so a second call adds nothing. A tick that
+comes while the job is busy waits in its pending set, as any trigger does; a paused job's
+schedule is stopped.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .durations import MINUTE
-from .engine import Engine
+from .engine import Engine, JobPaused
 from .jobs import Job
 from .model import TriggerRequest
 
@@ -25,11 +25,14 @@ class TickResult:
     action: str  # "triggered", "skipped", "not due"
     detail: str = ""
     invocation_id: int | None = None
+    trigger_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"job": self.job_id, "action": self.action}
         if self.detail:
             out["detail"] = self.detail
+        if self.trigger_id is not None:
+            out["trigger_id"] = self.trigger_id
         if self.invocation_id is not None:
             out["invocation_id"] = str(self.invocation_id)
         return out
@@ -54,10 +57,8 @@ def _due_request(engine: Engine, job: Job, now_ns: int) -> tuple[str | None, str
     if now_ns - tick > CATCH_UP_NS:
         return None, "no tick in the last 10 minutes"
     request_id = f"cron:{tick}"
-    if any(inv.request.request_id == request_id for inv in recent):
+    if engine.store.get_trigger(job.id, request_id) is not None:
         return None, "this tick already triggered"
-    if len(running) >= job.max_concurrent_invocations:
-        return None, f"skipped: {len(running)} invocation(s) still running"
     return request_id, ""
 
 
@@ -66,15 +67,24 @@ def run_schedules(engine: Engine, now_ns: int) -> list[TickResult]:
     for job in engine.jobs.jobs.values():
         if job.schedule is None:
             continue
+        if engine.store.get_job(job.id).paused:
+            results.append(TickResult(job.id, "skipped", "the job is paused"))
+            continue
         request_id, reason = _due_request(engine, job, now_ns)
         if request_id is None:
-            action = "skipped" if reason.startswith("skipped") else "not due"
-            results.append(TickResult(job.id, action, reason.removeprefix("skipped: ")))
+            results.append(TickResult(job.id, "not due", reason))
             continue
-        inv = engine.trigger(
-            TriggerRequest(
-                job_id=job.id, tags=(f"scheduler_tick:{request_id}",), request_id=request_id
+        try:
+            done = engine.trigger(
+                TriggerRequest(
+                    job_id=job.id, tags=(f"scheduler_tick:{request_id}",), request_id=request_id
+                )
             )
+        except JobPaused:
+            results.append(TickResult(job.id, "skipped", "the job is paused"))
+            continue
+        inv = done.invocation
+        results.append(
+            TickResult(job.id, "triggered", job.schedule.text, inv and inv.id, done.trigger.id)
         )
-        results.append(TickResult(job.id, "triggered", job.schedule.text, inv.id))
     return results

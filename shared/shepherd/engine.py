@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-from collections.abc import Callable, Mapping
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -24,16 +26,30 @@ from .durations import MINUTE, SECOND, format_duration
 from .jobs import Job, JobsFile, Settings
 from .logs import bind_invocation
 from .model import (
+    IncomingTrigger,
     Invocation,
+    JobState,
+    LogEntry,
     LogKind,
     PubSubMessage,
     QueuedTask,
     Status,
     Timer,
+    Trigger,
     TriggerRequest,
+    TriggerStatus,
     timer_id,
 )
-from .ports import ConflictError, NotificationTopic, Store, TimerQueue
+from .policy import MAX_PENDING, decide, split_excess
+from .ports import (
+    ConflictError,
+    NotificationTopic,
+    Store,
+    TimerQueue,
+    TriagePlan,
+    TriageView,
+    Unavailable,
+)
 from .signing import BadToken, Signer
 from .tasks.base import TaskKind, TransientError
 
@@ -60,6 +76,8 @@ TIMEOUT_TIMER = "invocation-timeout"
 # A check this late is lost rather than slow: a delivery and its handler take seconds.
 SWEEP_MARGIN_NS = MINUTE
 SWEEP_LIMIT = 500  # per tick; the rest, earliest first, on the next ones
+# Triggers one triage may change: Firestore takes at most 500 writes in a transaction.
+TRIAGE_WRITES = 400
 # How long a launch in progress may take before the sweep hands its start again.
 START_GRACE_NS = 5 * MINUTE
 
@@ -84,6 +102,18 @@ class UnknownInvocation(LookupError):
 
 class InvocationFinished(Exception):
     pass
+
+
+class JobPaused(Exception):
+    """The job is paused: it takes no trigger until resumed."""
+
+
+@dataclass(frozen=True)
+class Triggered:
+    """A trigger as stored, and the invocation it started at once, if any."""
+
+    trigger: Trigger
+    invocation: Invocation | None
 
 
 class _Controller:
@@ -124,6 +154,10 @@ class _Controller:
     @property
     def request(self) -> TriggerRequest:
         return self.saved.request
+
+    @property
+    def triggers(self) -> Sequence[IncomingTrigger]:
+        return self.saved.incoming_triggers
 
     @property
     def settings(self) -> Settings:
@@ -203,6 +237,8 @@ class _Controller:
         self._pending = list(after.pending_timers)
         self._timers = []
         self._engine.queue.schedule([t.task(after.id) for t in new_timers])
+        if after.status.final and not before.status.final:
+            self._engine.triage_after_finish(after.job_id, after.id)
 
 
 @dataclass
@@ -214,6 +250,7 @@ class SweepResult:
     starts: int = 0  # start tasks handed again (STARTING)
     timeouts: int = 0  # timeout timers armed (past invocation_timeout)
     conflicts: int = 0  # changed under the sweep: left to the next tick
+    started: int = 0  # invocations its triages started (a triage after an end that was lost)
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -231,29 +268,210 @@ class Engine:
     rng: random.Random = field(default_factory=random.Random)
     # How late a check must be before the sweep takes it for lost (SHEPHERD_SWEEP_MARGIN).
     sweep_margin_ns: int = SWEEP_MARGIN_NS
+    # One triage of a job at a time in this process: the store's transaction still guards
+    # against other processes, but contending transactions cost far more than waiting here.
+    _triage_locks: defaultdict[str, threading.Lock] = field(
+        default_factory=lambda: defaultdict(threading.Lock), init=False, repr=False
+    )
 
     # --- events -------------------------------------------------------------------------
 
-    def trigger(self, request: TriggerRequest) -> Invocation:
-        """Queues a new invocation (or finds the one of the same request_id) and its start."""
+    def trigger(self, request: TriggerRequest, order: int = 0) -> Triggered:
+        """Adds a trigger to its job's pending set (its request_id is its id: the same one
+        twice is one trigger), then triages the job."""
         if self.jobs.job(request.job_id) is None:
             raise UnknownJob(request.job_id)
-        now = self.clock.now_ns()
-        fresh = Invocation(
-            id=self.rng.randrange(10**18, 2**63),
+        state = self.store.get_job(request.job_id)
+        if state.paused:
+            reason = f": {state.paused_reason}" if state.paused_reason else ""
+            raise JobPaused(f'job "{request.job_id}" is paused{reason}')
+        fresh = Trigger(
+            id=request.request_id or f"{self.rng.getrandbits(64):016x}",
             job_id=request.job_id,
+            created_ns=self.clock.now_ns(),
             request=request,
+            order=order,
+        )
+        trigger = self.store.add_trigger(fresh)
+        if trigger is not fresh:  # the same id again: as it stands
+            return self._as_stored(trigger)
+        try:
+            plan = self._triage(request.job_id, state=state)
+        except RetryLater as e:
+            # Stored, so not lost: the triage that won, the next one, or the next tick's takes it.
+            logger.warning("trigger %s waits for the next triage: %s", trigger.id, e)
+            return Triggered(trigger, None)
+        taken = next((t for t in plan.triggers if t.id == trigger.id), None) if plan else None
+        if taken is None:  # still pending, or another triage took it first
+            return self._with_invocation(self.store.get_trigger(trigger.job_id, trigger.id))
+        assert plan is not None
+        inv = next((i for i, _ in plan.invocations if i.id == taken.invocation_id), None)
+        if inv is not None:
+            bind_invocation(inv.job_id, inv.id)
+        return Triggered(taken, inv)
+
+    def _with_invocation(self, trigger: Trigger | None) -> Triggered:
+        assert trigger is not None, "triggers are never deleted"
+        inv = None if trigger.invocation_id is None else self.store.get(trigger.invocation_id)
+        if inv is not None:
+            bind_invocation(inv.job_id, inv.id)
+        return Triggered(trigger, inv)
+
+    def _as_stored(self, trigger: Trigger) -> Triggered:
+        """A trigger that came again: its invocation, whose lost start it re-arms."""
+        if trigger.status is TriggerStatus.PENDING:
+            self.triage(trigger.job_id)
+            trigger = self.store.get_trigger(trigger.job_id, trigger.id) or trigger
+        done = self._with_invocation(trigger)
+        inv = done.invocation
+        if inv is not None and inv.status is Status.STARTING and inv.attempt == 0:
+            # Idempotent per task name: a start that was lost is armed again.
+            self.queue.schedule([self._start_task(inv, 1, inv.created_ns)])
+        return done
+
+    def triage(
+        self,
+        job_id: str,
+        pause: tuple[bool, str] | None = None,
+        finished: frozenset[int] = frozenset(),
+        reconcile: bool = False,
+    ) -> list[Invocation]:
+        """Applies the job's triggering policy to its pending triggers: starts the invocations
+        it asks for, each made of a batch of triggers and built from the newest, and discards
+        what it drops (all of them while the job is paused; `pause` sets or clears that first).
+        One transaction over the job, its pending triggers and its active invocations, so
+        racing triages and duplicate events start nothing twice.
+
+        `finished`: active invocations known to have ended (the one whose end asks for this
+        triage). While every slot is taken a batching policy can do nothing, so nothing is
+        read or written (newest_first still discards what waited too long); the sweep's
+        triage (`reconcile`) reads the active invocations (one read each) to free the slots of
+        ends whose triage was lost. Taking an ended invocation for a running one only delays
+        the next start, never doubles one."""
+        plan = self._triage(job_id, pause, finished, reconcile)
+        return [inv for inv, _ in plan.invocations] if plan else []
+
+    def _triage(
+        self,
+        job_id: str,
+        pause: tuple[bool, str] | None = None,
+        finished: frozenset[int] = frozenset(),
+        reconcile: bool = False,
+        state: JobState | None = None,
+    ) -> TriagePlan | None:
+        """triage(), answering with what it wrote; `state`: the job's, if just read."""
+        job = self.jobs.job(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        policy = job.triggering_policy
+        if not reconcile and pause is None and policy.kind != "newest_first":
+            active = set((state or self.store.get_job(job_id)).active) - finished
+            if len(active) >= policy.max_concurrent_invocations:
+                return None
+        try:
+            with self._triage_locks[job_id]:
+                plan = self.store.triage(
+                    job_id,
+                    MAX_PENDING + TRIAGE_WRITES,
+                    lambda view: self._plan(
+                        job, dataclasses.replace(view, finished=view.finished | finished), pause
+                    ),
+                    read_active=reconcile,
+                )
+        except ConflictError as e:
+            raise RetryLater(str(e)) from e
+        if plan is not None:
+            starts = [self._start_task(inv, 1, inv.created_ns) for inv, _ in plan.invocations]
+            self.queue.schedule(starts)
+        return plan
+
+    def _plan(
+        self, job: Job, view: TriageView, pause: tuple[bool, str] | None
+    ) -> TriagePlan | None:
+        """The triage's decision over what its transaction read; no I/O (it may run twice)."""
+        now = self.clock.now_ns()
+        state = view.job
+        if pause is not None:
+            state = state.evolve(paused=pause[0], paused_reason=pause[1])
+        active = tuple(i for i in state.active if i not in view.finished)
+        pending, dropped = split_excess(view.pending)
+        changed = [
+            t.evolve(status=TriggerStatus.DISCARDED, reason=f"more than {MAX_PENDING} pending")
+            for t in dropped
+        ]
+        batches: tuple[tuple[Trigger, ...], ...] = ()
+        if state.paused:
+            why = f": {state.paused_reason}" if state.paused_reason else ""
+            reason = f"the job was paused{why}"
+            changed += [t.evolve(status=TriggerStatus.DISCARDED, reason=reason) for t in pending]
+        else:
+            decision = decide(job.triggering_policy, now, len(active), pending)
+            changed += [
+                t.evolve(status=TriggerStatus.DISCARDED, reason=why)
+                for t, why in decision.discarded
+            ]
+            batches = decision.batches
+        # What does not fit in one transaction stays pending for the next triage.
+        changed = changed[:TRIAGE_WRITES]
+        created: list[tuple[Invocation, tuple[LogEntry, ...]]] = []
+        for batch in batches:
+            if len(changed) + len(batch) > TRIAGE_WRITES:
+                break
+            inv = self._new_invocation(job.id, batch, now)
+            changed += [t.evolve(status=TriggerStatus.STARTED, invocation_id=inv.id) for t in batch]
+            debug_log = DebugLog(self.clock)
+            debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
+            if len(batch) > 1:
+                debug_log.write(
+                    LogKind.TRIGGER, f"Made of {len(batch)} triggers, the newest {batch[-1].id}"
+                )
+            created.append((inv, tuple(debug_log.take())))
+        after = state.evolve(active=active + tuple(inv.id for inv, _ in created))
+        if not changed and after == view.job:
+            return None
+        return TriagePlan(after, tuple(changed), tuple(created))
+
+    def _new_invocation(self, job_id: str, batch: Sequence[Trigger], now: int) -> Invocation:
+        return Invocation(
+            id=self.rng.randrange(10**18, 2**63),
+            job_id=job_id,
+            request=batch[-1].request,
             created_ns=now,
             next_check_ns=now,  # its start task's ETA
+            triggers=tuple(t.incoming() for t in batch),
         )
-        debug_log = DebugLog(self.clock)
-        debug_log.write(LogKind.QUEUED, "New invocation is queued and will start shortly")
-        inv = self.store.create(fresh, debug_log.take())
-        bind_invocation(inv.job_id, inv.id)
-        if inv.status is Status.STARTING and inv.attempt == 0:
-            # Idempotent per task name, so a repeated trigger re-arms a start that was lost.
-            self.queue.schedule([self._start_task(inv, attempt=1, eta_ns=now)])
-        return inv
+
+    def triage_after_finish(self, job_id: str, invocation_id: int) -> None:
+        """An invocation ended, so a slot is free. Best effort: the sweep triages every job on
+        each tick, so a failure here only delays the next invocation."""
+        if self.jobs.job(job_id) is None:
+            return  # the job left the job file: nothing of it starts any more
+        try:
+            self.triage(job_id, finished=frozenset({invocation_id}))
+        except (RetryLater, Unavailable) as e:
+            logger.warning("triage of %s after an invocation ended: %s", job_id, e)
+
+    def pause(self, job_id: str, reason: str = "") -> JobState:
+        """Pauses the job: its pending triggers are discarded, new ones refused, its schedule
+        stopped; running invocations go on."""
+        self.triage(job_id, pause=(True, reason))
+        return self.store.get_job(job_id)
+
+    def resume(self, job_id: str) -> JobState:
+        self.triage(job_id, pause=(False, ""))
+        return self.store.get_job(job_id)
+
+    def abort_job(self, job_id: str, by: str = "user") -> list[Invocation]:
+        """Aborts every running invocation of the job."""
+        if self.jobs.job(job_id) is None:
+            raise UnknownJob(job_id)
+        aborted = []
+        for invocation_id in self.store.get_job(job_id).active:
+            try:
+                aborted.append(self.abort(invocation_id, by))
+            except (InvocationFinished, UnknownInvocation):
+                continue
+        return aborted
 
     def handle_task(self, invocation_id: int, tid: str, name: str) -> Outcome:
         """A delivery from the timer queue: an invocation's start, or one of its timers."""
@@ -409,7 +627,12 @@ class Engine:
             tasks += due
             result.timers += len(due)
         self.queue.schedule(tasks)
-        if overdue:
+        for job_id in self.jobs.jobs:
+            try:
+                result.started += len(self.triage(job_id, reconcile=True))
+            except RetryLater:
+                result.conflicts += 1
+        if overdue or result.started:
             logger.info("sweep: %s", result.to_json())
         return result
 

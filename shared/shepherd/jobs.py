@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from .config import ConfigError
 from .durations import parse_duration
+from .policy import DEFAULT_POLICY, TriggeringPolicy, parse_policy
 from .schedule import Schedule, parse_schedule
 from .validation import Model, field
 
@@ -82,7 +83,23 @@ class _JobHeader(Model):
     id: str
     kind: str = "buildbucket"
     schedule: Schedule | None = field(default=None, before=_schedule)
-    max_concurrent_invocations: int = field(default=1, minimum=1, maximum=100)
+    triggering_policy: TriggeringPolicy | None = field(default=None, before=parse_policy)
+    # The older spelling: sets the default policy's max_concurrent_invocations.
+    max_concurrent_invocations: int | None = field(default=None, minimum=1, maximum=1000)
+
+    def check(self) -> None:
+        if self.triggering_policy is not None and self.max_concurrent_invocations is not None:
+            raise ValueError(
+                'field "max_concurrent_invocations": not allowed beside "triggering_policy"; '
+                "set it inside triggering_policy instead"
+            )
+
+    def policy(self) -> TriggeringPolicy:
+        if self.triggering_policy is not None:
+            return self.triggering_policy
+        if self.max_concurrent_invocations is not None:
+            return TriggeringPolicy(max_concurrent_invocations=self.max_concurrent_invocations)
+        return DEFAULT_POLICY
 
 
 _HEADER = {f.name for f in dataclasses.fields(_JobHeader)}
@@ -94,7 +111,11 @@ class Job:
     kind: str
     config: Any  # the kind's own validated model
     schedule: Schedule | None = None
-    max_concurrent_invocations: int = 1
+    triggering_policy: TriggeringPolicy = DEFAULT_POLICY
+
+    @property
+    def max_concurrent_invocations(self) -> int:
+        return self.triggering_policy.max_concurrent_invocations
 
 
 @dataclass(frozen=True)
@@ -163,7 +184,7 @@ def parse_jobs(
             kind=header.kind,
             config=config,
             schedule=header.schedule,
-            max_concurrent_invocations=header.max_concurrent_invocations,
+            triggering_policy=header.policy(),
         )
     return JobsFile(settings=settings, jobs=jobs)
 

@@ -68,18 +68,38 @@ class TriggerRequest:
 @dataclass(frozen=True)
 class IncomingTrigger:
     """One trigger an invocation is made of, as LUCI's public scheduler.Trigger
-    (scheduler/api/scheduler/v1/triggers.proto). Today an invocation has one: its request."""
+    (scheduler/api/scheduler/v1/triggers.proto)."""
 
     id: str
     request: TriggerRequest
     title: str = ""
     url: str = ""
+    created_ns: int = 0
 
     @classmethod
     def of(cls, request: TriggerRequest, invocation_id: int) -> IncomingTrigger:
         """The trigger an invocation's request is: its request_id names it, else the
         invocation (one trigger per invocation, so unique in its job)."""
         return cls(request.request_id or str(invocation_id), request)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "request": self.request.to_dict(),
+            "title": self.title,
+            "url": self.url,
+            "created_ns": self.created_ns,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IncomingTrigger:
+        return cls(
+            id=data["id"],
+            request=TriggerRequest.from_dict(data["request"]),
+            title=data.get("title", ""),
+            url=data.get("url", ""),
+            created_ns=data.get("created_ns", 0),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Its protojson, empty fields left out as LUCI's jsonpb does: a gitiles payload when
@@ -189,6 +209,13 @@ class Invocation:
     abort_requested: bool = False
     next_attempt_ns: int | None = None
     next_check_ns: int | None = None
+    # The triggers it is made of, oldest first; its request is the newest one's.
+    triggers: tuple[IncomingTrigger, ...] = ()
+
+    @property
+    def incoming_triggers(self) -> tuple[IncomingTrigger, ...]:
+        """Its triggers; an invocation stored before triggers existed was its own request."""
+        return self.triggers or (IncomingTrigger.of(self.request, self.id),)
 
     def evolve(self, **changes: Any) -> Invocation:
         return replace(self, **changes)
@@ -210,6 +237,7 @@ class Invocation:
             "abort_requested": self.abort_requested,
             "next_attempt_ns": self.next_attempt_ns,
             "next_check_ns": self.next_check_ns,
+            "triggers": [t.to_dict() for t in self.triggers],
         }
 
     @classmethod
@@ -231,6 +259,93 @@ class Invocation:
             abort_requested=data.get("abort_requested", False),
             next_attempt_ns=data.get("next_attempt_ns"),
             next_check_ns=data.get("next_check_ns"),
+            triggers=tuple(IncomingTrigger.from_dict(t) for t in data.get("triggers", ())),
+        )
+
+
+class TriggerStatus(StrEnum):
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    DISCARDED = "DISCARDED"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A request to run a job. It waits in the job's pending set until the job's triggering
+    policy takes it into an invocation (STARTED) or drops it (DISCARDED, with the reason).
+    Its id is unique in its job: the same id twice is one trigger."""
+
+    id: str
+    job_id: str
+    created_ns: int
+    request: TriggerRequest
+    order: int = 0  # among the triggers that arrived at the same created_ns
+    status: TriggerStatus = TriggerStatus.PENDING
+    invocation_id: int | None = None
+    reason: str = ""
+
+    def evolve(self, **changes: Any) -> Trigger:
+        return replace(self, **changes)
+
+    def incoming(self) -> IncomingTrigger:
+        return IncomingTrigger(self.id, self.request, created_ns=self.created_ns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "job_id": self.job_id,
+            "created_ns": self.created_ns,
+            "request": self.request.to_dict(),
+            "order": self.order,
+            "status": self.status.value,
+            "invocation_id": None if self.invocation_id is None else str(self.invocation_id),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trigger:
+        invocation_id = data.get("invocation_id")
+        return cls(
+            id=data["id"],
+            job_id=data["job_id"],
+            created_ns=data["created_ns"],
+            request=TriggerRequest.from_dict(data["request"]),
+            order=data.get("order", 0),
+            status=TriggerStatus(data["status"]),
+            invocation_id=None if invocation_id is None else int(invocation_id),
+            reason=data.get("reason", ""),
+        )
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the store keeps of a job between events: whether it is paused, and the
+    invocations that count against its max_concurrent_invocations (from their creation until
+    a triage sees them finished)."""
+
+    job_id: str
+    paused: bool = False
+    paused_reason: str = ""
+    active: tuple[int, ...] = ()
+
+    def evolve(self, **changes: Any) -> JobState:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "paused": self.paused,
+            "paused_reason": self.paused_reason,
+            "active": [str(i) for i in self.active],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobState:
+        return cls(
+            job_id=data["job_id"],
+            paused=data.get("paused", False),
+            paused_reason=data.get("paused_reason", ""),
+            active=tuple(int(i) for i in data.get("active", ())),
         )
 
 

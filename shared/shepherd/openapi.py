@@ -21,8 +21,11 @@ from .views import (
     InvocationList,
     InvocationView,
     InvocationWithLog,
+    JobDetail,
+    JobList,
     TimerHandled,
     Triggered,
+    TriggerView,
 )
 
 REF = "#/components/schemas/{model}"
@@ -79,9 +82,10 @@ def _responses(ok: str, ok_schema: dict[str, Any] | None, *errors: int) -> dict[
     reasons = {
         400: "malformed or mistyped input",
         401: "not the timer queue",
-        404: "unknown job or invocation",
+        403: "a request from another site, or a form without its token",
+        404: "unknown job, invocation or trigger",
         405: "wrong method",
-        409: "the invocation already finished",
+        409: "the invocation already finished, or the job is paused",
         413: f"body larger than {MAX_BODY_BYTES} bytes",
         503: "a transient condition; nothing changed, try again",
     }
@@ -97,6 +101,19 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+# A job id is "<project>/<name>": its two parts are two path segments.
+JOB_ID = {
+    "name": "job",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "style": "simple",
+}
+JOB_ACTIONS = {
+    "pause": "Pause: discard the pending triggers, refuse new ones, stop the schedule",
+    "resume": "Resume a paused job",
+    "abort": "Abort every running invocation of the job",
+}
 INVOCATION_ID = {
     "name": "id",
     "in": "path",
@@ -114,13 +131,14 @@ def document() -> dict[str, Any]:
         "paths": {
             "/trigger": {
                 "post": {
-                    "summary": "Start an invocation",
+                    "summary": "Add a trigger to its job; the job's policy starts it",
                     "requestBody": {"required": True, "content": _json(trigger_body)},
                     "responses": _responses(
-                        "202 queued",
+                        "202 the trigger, and the invocation it started at once if any",
                         _json(_ref(Triggered)),
                         400,
                         404,
+                        409,
                         413,
                     ),
                 }
@@ -174,17 +192,23 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/jobs": {
+                "get": {
+                    "summary": "Every job",
+                    "responses": _responses("200 the jobs", _json(_ref(JobList))),
+                }
+            },
+            "/api/jobs/{job}": {
+                "get": {
+                    "summary": "One job: its pending triggers and running invocations",
+                    "parameters": [JOB_ID],
+                    "responses": _responses("200 the job", _json(_ref(JobDetail)), 404),
+                }
+            },
             "/api/jobs/{job}/invocations": {
                 "get": {
                     "summary": "A job's invocations, newest first",
-                    "parameters": [
-                        {
-                            "name": "job",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
+                    "parameters": [JOB_ID],
                     "responses": _responses(
                         "200 the invocations",
                         _json(_ref(InvocationList)),
@@ -192,6 +216,43 @@ def document() -> dict[str, Any]:
                         404,
                     ),
                 }
+            },
+            "/api/jobs/{job}/triggers/{trigger}": {
+                "get": {
+                    "summary": "One trigger: PENDING, STARTED (in an invocation) or DISCARDED",
+                    "parameters": [
+                        JOB_ID,
+                        {
+                            "name": "trigger",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": _responses("200 the trigger", _json(_ref(TriggerView)), 404),
+                }
+            },
+            **{
+                f"/api/jobs/{{job}}/{action}": {
+                    "post": {
+                        "summary": summary,
+                        "parameters": [JOB_ID],
+                        "requestBody": {
+                            "required": False,
+                            "content": _json(
+                                {
+                                    "type": "object",
+                                    "properties": {"reason": {"type": "string"}},
+                                    "additionalProperties": False,
+                                }
+                            ),
+                        },
+                        "responses": _responses(
+                            "200 the job", _json(_ref(JobDetail)), 400, 403, 404
+                        ),
+                    }
+                }
+                for action, summary in JOB_ACTIONS.items()
             },
         },
         "components": {
@@ -205,6 +266,9 @@ def document() -> dict[str, Any]:
                     InvocationView,
                     InvocationWithLog,
                     InvocationList,
+                    JobList,
+                    JobDetail,
+                    TriggerView,
                 ),
             }
         },

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .model import Invocation, LogEntry, QueuedTask
+from .model import Invocation, JobState, LogEntry, QueuedTask, Trigger
 
 
 @dataclass
@@ -30,6 +30,25 @@ class Unavailable(Exception):
     so that Cloud Tasks and Pub/Sub deliver again."""
 
 
+@dataclass(frozen=True)
+class TriageView:
+    """What a triage reads of its job, in its transaction."""
+
+    job: JobState
+    pending: tuple[Trigger, ...]  # oldest first (created_ns, order, id)
+    finished: frozenset[int]  # the job's active invocations that are final (or gone)
+
+
+@dataclass(frozen=True)
+class TriagePlan:
+    """What a triage writes: the job's new state, the triggers it took or dropped, and the
+    invocations it creates with their first log lines."""
+
+    job: JobState
+    triggers: tuple[Trigger, ...] = ()
+    invocations: tuple[tuple[Invocation, tuple[LogEntry, ...]], ...] = ()
+
+
 class StoreUnavailable(Unavailable):
     """The store could not be reached or gave up; nothing changed; try again."""
 
@@ -37,9 +56,9 @@ class StoreUnavailable(Unavailable):
 class Store(Protocol):
     """Invocations and their debug logs. Every write is one transaction."""
 
-    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
-        """Stores a new invocation, or returns the one already stored for the same
-        (job, request_id) when the request carries a request_id."""
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> None:
+        """Stores a new invocation (triage creates them; tests and benchmarks seed with this);
+        ConflictError if its id is taken."""
         ...
 
     def get(self, invocation_id: int) -> Invocation | None: ...
@@ -64,6 +83,36 @@ class Store(Protocol):
     def list_overdue(self, before_ns: int, limit: int) -> list[Invocation]:
         """Up to `limit` invocations whose `next_check_ns` is before `before_ns`, earliest
         first: one query on an index of that field, never a scan of every invocation."""
+        ...
+
+    # --- triggers and jobs ---
+
+    def add_trigger(self, trigger: Trigger) -> Trigger:
+        """Stores a new trigger, or returns the one already stored under its job and id."""
+        ...
+
+    def get_trigger(self, job_id: str, trigger_id: str) -> Trigger | None: ...
+
+    def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
+        """The job's PENDING triggers, oldest first (created_ns, order, id), at most `limit`."""
+        ...
+
+    def get_job(self, job_id: str) -> JobState:
+        """The job's state; a job never changed has the default one."""
+        ...
+
+    def triage(
+        self,
+        job_id: str,
+        limit: int,
+        plan: Callable[[TriageView], TriagePlan | None],
+        read_active: bool = True,
+    ) -> TriagePlan | None:
+        """One transaction: reads the job's state, its oldest `limit` PENDING triggers and, if
+        `read_active`, which of its active invocations have finished (one read each; else none
+        are reported finished), hands them to `plan`, and writes what the plan returns (nothing
+        for None). `plan` may run more than once (a contended transaction is tried again) and
+        must not do I/O."""
         ...
 
 

@@ -43,6 +43,12 @@ class TokenSigner:
     def _mac(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest())
 
+    def derive_key(self, purpose: str) -> bytes:
+        """A key of its own for another use of the secret (such as the page's form tokens):
+        what is signed with it never verifies as a notify.userData token, nor the reverse."""
+        label = b"shepherd derived key\0" + purpose.encode("utf-8")
+        return hmac.new(self._key, label, hashlib.sha256).digest()
+
     def sign(self, job_id: str, invocation_id: int) -> str:
         payload = json.dumps({"job": job_id, "inv": str(invocation_id)}, separators=(",", ":"))
         body = _b64(payload.encode("utf-8"))

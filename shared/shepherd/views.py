@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Invocation, LogEntry, LogKind, Status
+from .model import Invocation, LogEntry, LogKind, Status, Trigger, TriggerStatus
 from .timestamps import format_rfc3339
 
 # A request body larger than this gets 413 (web.py enforces it, openapi.py documents it).
@@ -48,6 +48,14 @@ class LogLine:
 
 
 @dataclass(frozen=True)
+class TriggerRef:
+    """One trigger an invocation is made of."""
+
+    id: str
+    created: str
+
+
+@dataclass(frozen=True)
 class InvocationView:
     """An invocation as the API shows it (in lists, and as abort's answer)."""
 
@@ -62,6 +70,7 @@ class InvocationView:
     created: str
     started: str | None
     finished: str | None
+    triggers: tuple[TriggerRef, ...]  # oldest first; the invocation is built from the newest
 
     @classmethod
     def of(cls, inv: Invocation) -> InvocationView:
@@ -98,9 +107,11 @@ class InvocationList:
 
 @dataclass(frozen=True)
 class Triggered:
-    """The trigger's answer: the invocation it started (or the one its request_id started)."""
+    """The trigger's answer: its id, the invocation it started at once (None: it waits in
+    the job's pending set), and where to follow it."""
 
-    invocation_id: str
+    trigger_id: str
+    invocation_id: str | None
     url: str
 
 
@@ -109,6 +120,59 @@ class TimerHandled:
     """on_timer's answer: handled, stale (a duplicate or late delivery) or ignored."""
 
     outcome: str
+
+
+@dataclass(frozen=True)
+class TriggerView:
+    """A trigger (`GET /api/jobs/{job}/triggers/{id}`): PENDING in its job's pending set,
+    STARTED in `invocation_id`, or DISCARDED for `reason`."""
+
+    id: str
+    job: str
+    status: TriggerStatus
+    invocation_id: str | None
+    created: str
+    reason: str
+
+    @classmethod
+    def of(cls, trigger: Trigger) -> TriggerView:
+        invocation_id = None if trigger.invocation_id is None else str(trigger.invocation_id)
+        return cls(
+            trigger.id,
+            trigger.job_id,
+            trigger.status,
+            invocation_id,
+            format_rfc3339(trigger.created_ns),
+            trigger.reason,
+        )
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job in `GET /api/jobs`."""
+
+    id: str
+    kind: str
+    paused: bool
+    schedule: str | None
+    running: int  # invocations counted against max_concurrent_invocations
+    pending: int  # triggers waiting
+    last_status: Status | None  # of its newest invocation
+
+
+@dataclass(frozen=True)
+class JobList:
+    jobs: tuple[JobView, ...]
+
+
+@dataclass(frozen=True)
+class JobDetail(JobView):
+    """One job (`GET /api/jobs/{job}`, and the answer of pause, resume and abort)."""
+
+    paused_reason: str
+    triggering_policy: dict[str, Any]
+    pending_triggers: tuple[TriggerView, ...]
+    running_invocations: tuple[InvocationView, ...]
 
 
 @dataclass(frozen=True)
@@ -131,10 +195,15 @@ def _invocation_fields(inv: Invocation) -> dict[str, Any]:
         "created": format_rfc3339(inv.created_ns),
         "started": _time(inv.started_ns),
         "finished": _time(inv.finished_ns),
+        "triggers": tuple(
+            TriggerRef(t.id, format_rfc3339(t.created_ns or inv.created_ns))
+            for t in inv.incoming_triggers
+        ),
     }
 
 
 def _fields_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
     values = {f.name: data[f.name] for f in dataclasses.fields(InvocationView)}
     values["status"] = Status(values["status"])
+    values["triggers"] = tuple(TriggerRef(t["id"], t["created"]) for t in values["triggers"])
     return values

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from flask import Request, Response, has_request_context
 from flask import request as current_request
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from .auth import Unauthorized
+from .csrf import SIMPLE_CONTENT_TYPES, BadFormToken, FormTokens, cross_origin, form_tokens
 from .debuglog import format_log
-from .engine import InvocationFinished, RetryLater, UnknownInvocation, UnknownJob
+from .engine import InvocationFinished, JobPaused, RetryLater, UnknownInvocation, UnknownJob
 from .logs import request_scope
 from .model import PubSubMessage
+from .policy import MAX_PENDING
 from .ports import Unavailable
 from .schemas import PushedMessage, TimerBody, TriggerBody
 from .service import get_service
@@ -33,8 +37,12 @@ from .views import (
     InvocationList,
     InvocationView,
     InvocationWithLog,
+    JobDetail,
+    JobList,
+    JobView,
     TimerHandled,
     Triggered,
+    TriggerView,
     to_json,
 )
 
@@ -153,13 +161,23 @@ def _invocation_id(text: str) -> int:
 @_guarded
 def trigger(request: Request) -> Response:
     _require(request, "POST")
+    # A browser may send a text/plain body to another site unasked: not to this one.
+    if (refused := cross_origin(request.headers, _hosts(request))) is not None:
+        return _error(403, refused)
     body = TriggerBody.model_validate(_body(request))
     try:
-        inv = get_service().engine.trigger(body.to_request())
+        done = get_service().engine.trigger(body.to_request())
     except UnknownJob:
         return _error(404, f'unknown job "{body.job}"')
-    logger.info("triggered invocation %d of %s", inv.id, inv.job_id)
-    return _answer(202, Triggered(str(inv.id), f"/api/invocations/{inv.id}"))
+    except JobPaused as e:
+        return _error(409, str(e))
+    trigger, inv = done.trigger, done.invocation
+    if inv is None:
+        logger.info("trigger %s of %s: %s", trigger.id, trigger.job_id, trigger.status)
+    else:
+        logger.info("trigger %s of %s: invocation %d", trigger.id, trigger.job_id, inv.id)
+    url = f"/api/jobs/{quote(trigger.job_id, safe='')}/triggers/{quote(trigger.id, safe='')}"
+    return _answer(202, Triggered(trigger.id, None if inv is None else str(inv.id), url))
 
 
 # --- on_timer --------------------------------------------------------------------------
@@ -254,6 +272,8 @@ def api(request: Request) -> Response:
         action = parts[2] if len(parts) == 3 else ""
         if action == "abort":
             _require(request, "POST")
+            if (refused := cross_origin(request.headers, _hosts(request))) is not None:
+                return _error(403, refused)
             try:
                 inv = get_service().engine.abort(invocation_id)
             except UnknownInvocation:
@@ -272,15 +292,117 @@ def api(request: Request) -> Response:
         if action:
             return _error(404, f'no such route "{request.path}"')
         return _answer(200, InvocationWithLog.of_logged(found, entries))
-    if parts[0] == "jobs" and len(parts) >= 3 and parts[-1] == "invocations":
-        _require(request, "GET")
-        job_id = "/".join(parts[1:-1])
-        if get_service().engine.jobs.job(job_id) is None:
-            return _error(404, f'unknown job "{job_id}"')
-        invocations = store.list_invocations(job_id)
-        views = tuple(InvocationView.of(i) for i in invocations)
-        return _answer(200, InvocationList(views))
+    if parts[0] == "jobs":
+        return _jobs(request, parts[1:])
     return _error(404, f'no such route "{request.path}"')
+
+
+def _jobs(request: Request, parts: list[str]) -> Response:
+    """/api/jobs[/<project>/<name>[/invocations | /triggers/<id> | /pause | /resume | /abort]]:
+    a job id is always "<project>/<name>" (neither part holds a "/"), a trigger id is the rest
+    of the path."""
+    engine = get_service().engine
+    if not parts:
+        _require(request, "GET")
+        return _answer(200, JobList(tuple(_job_view(job_id) for job_id in engine.jobs.jobs)))
+    job_id, rest = "/".join(parts[:2]), parts[2:]
+    if engine.jobs.job(job_id) is None:
+        return _error(404, f'unknown job "{job_id}"')
+    action = rest[0] if rest else ""
+    if action == "invocations" and len(rest) == 1:
+        _require(request, "GET")
+        views = tuple(InvocationView.of(i) for i in engine.store.list_invocations(job_id))
+        return _answer(200, InvocationList(views))
+    if action == "triggers" and len(rest) > 1:
+        _require(request, "GET")
+        trigger_id = request.path.split("/triggers/", 1)[1]
+        found = engine.store.get_trigger(job_id, trigger_id)
+        if found is None:
+            return _error(404, f'no trigger "{trigger_id}" in job "{job_id}"')
+        return _answer(200, TriggerView.of(found))
+    if action in ("pause", "resume", "abort") and len(rest) == 1:
+        _require(request, "POST")
+        refused = cross_origin(request.headers, _hosts(request))
+        if refused is not None:
+            return _error(403, refused)
+        if request.mimetype in SIMPLE_CONTENT_TYPES:
+            return _job_form_post(request, job_id, action)
+        reason = ""
+        if action == "pause":
+            body = _body(request) if request.get_data(cache=True) else {}
+            reason = body.get("reason", "") if isinstance(body, dict) else None
+            if not isinstance(reason, str):
+                return _error(400, 'the body must be {"reason": "<text>"}')
+        _job_act(job_id, action, reason)
+        return _answer(200, _job_detail(job_id))
+    if not rest:
+        _require(request, "GET")
+        return _answer(200, _job_detail(job_id))
+    return _error(404, f'no such route "{request.path}"')
+
+
+def _job_detail(job_id: str) -> JobDetail:
+    engine = get_service().engine
+    job = engine.jobs.jobs[job_id]
+    state = engine.store.get_job(job_id)
+    pending = engine.store.list_pending(job_id, MAX_PENDING)
+    running = [i for i in map(engine.store.get, state.active) if i and not i.status.final]
+    newest = engine.store.list_invocations(job_id, limit=1)
+    return JobDetail(
+        id=job_id,
+        kind=job.kind,
+        paused=state.paused,
+        schedule=job.schedule.text if job.schedule else None,
+        running=len(running),
+        pending=len(pending),
+        last_status=newest[0].status if newest else None,
+        paused_reason=state.paused_reason,
+        triggering_policy=job.triggering_policy.to_json(),
+        pending_triggers=tuple(TriggerView.of(t) for t in pending),
+        running_invocations=tuple(InvocationView.of(i) for i in running),
+    )
+
+
+def _job_view(job_id: str) -> JobView:
+    detail = _job_detail(job_id)
+    return JobView(**{f.name: getattr(detail, f.name) for f in dataclasses.fields(JobView)})
+
+
+def _job_act(job_id: str, action: str, reason: str) -> None:
+    engine = get_service().engine
+    if action == "pause":
+        engine.pause(job_id, reason)
+    elif action == "resume":
+        engine.resume(job_id)
+    else:
+        engine.abort_job(job_id)
+
+
+def _hosts(request: Request) -> set[str]:
+    """The names this request reached the service by: its Host, and a proxy's X-Forwarded-Host
+    (which a browser cannot set on a request to another origin without asking first)."""
+    forwarded = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    return {h.lower() for h in (request.host, forwarded) if h}
+
+
+def _form_tokens() -> FormTokens:
+    return form_tokens(get_service().engine.signer)
+
+
+def _job_form_post(request: Request, job_id: str, action: str) -> Response:
+    """A post of the page's form (or anything else a browser could send another site's way
+    without asking first): only with the page's token; 303 back to the job's page."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    request.max_content_length = MAX_BODY_BYTES
+    form = request.form
+    try:
+        _form_tokens().check(form.get("csrf", ""), job_id, get_service().engine.clock.now_ns())
+    except BadFormToken as e:
+        return _error(403, str(e))
+    _job_act(job_id, action, form.get("reason", "").strip() if action == "pause" else "")
+    # The page is at <base>/, the form's action at <base>/jobs/<project>/<name>/<action>.
+    return Response(status=303, headers={"Location": f"../../../?job={quote(job_id, safe='')}"})
 
 
 def _html_page(request: Request) -> Response:
@@ -288,15 +410,30 @@ def _html_page(request: Request) -> Response:
 
     engine = get_service().engine
     now = engine.clock.now_ns()
+    if "job" in request.args:
+        return _html_job_page(request.args["job"], now)
     wanted = request.args.get("invocation")
     if wanted is None:
-        jobs = {
+        views = [_job_view(job_id) for job_id in engine.jobs.jobs]
+        listed = {
             job_id: engine.store.list_invocations(job_id, limit=20) for job_id in engine.jobs.jobs
         }
-        return Response(webpage.index_page(jobs, now), mimetype="text/html")
+        return Response(webpage.index_page(views, listed, now), mimetype="text/html")
     invocation_id = _invocation_id(wanted)
     inv = engine.store.get(invocation_id)
     if inv is None:
         return _error(404, f"no invocation {invocation_id}")
     page = webpage.invocation_page(inv, engine.store.read_log(invocation_id), now)
+    return Response(page, mimetype="text/html")
+
+
+def _html_job_page(job_id: str, now_ns: int) -> Response:
+    from . import webpage
+
+    engine = get_service().engine
+    if engine.jobs.job(job_id) is None:
+        return _error(404, f'unknown job "{job_id}"')
+    recent = engine.store.list_invocations(job_id, limit=20)
+    token = _form_tokens().issue(job_id, now_ns)
+    page = webpage.job_page(_job_detail(job_id), recent, token, now_ns)
     return Response(page, mimetype="text/html")

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from .durations import SECOND, format_duration
 from .model import Invocation, LogEntry, LogKind
 from .timestamps import format_log_time, format_rfc3339, parse_rfc3339
+from .views import InvocationView, JobDetail, JobView, TriggerView
 
 REFRESH_SECONDS = 5
+JOB_COLUMNS = ("job", "kind", "paused", "schedule", "running", "pending", "last status")
 _STATUS_COLORS = {
     "SCHEDULED": "#9aa5b1",
     "STARTED": "#4c8bf5",
@@ -34,6 +37,7 @@ td,th{padding:4px 12px;text-align:left;border-bottom:1px solid #e4e7eb}
 .status{font-weight:600}.log{font:12px/1.5 ui-monospace,monospace;white-space:pre-wrap}
 .log div{border-bottom:1px solid #f0f2f4}.t{color:#7b8794}details{display:inline}
 summary{cursor:pointer;color:#2f6fde}svg text{font:11px system-ui,sans-serif;fill:#3e4c59}
+.actions{margin:16px 0}.actions form{display:inline-block;margin-right:16px}
 """
 
 
@@ -64,25 +68,147 @@ def _page(title: str, body: str, refresh: bool) -> str:
     )
 
 
-def index_page(jobs: dict[str, list[Invocation]], now_ns: int) -> str:
-    parts = ["<h1>shepherd</h1>"]
-    for job_id, invocations in jobs.items():
-        parts.append(f"<h2>{escape(job_id)}</h2>")
-        if not invocations:
-            parts.append("<p>No invocations yet.</p>")
-            continue
-        rows = "".join(
-            f'<tr><td><a href="?invocation={inv.id}">{inv.id}</a></td>'
-            f"<td>{_status(inv.status)}</td><td>{escape(format_rfc3339(inv.created_ns))}</td>"
-            f"<td>{escape(_duration(inv, now_ns))}</td></tr>"
-            for inv in invocations
-        )
-        parts.append(
-            "<table><tr><th>invocation</th><th>status</th><th>created</th><th>duration</th></tr>"
-            f"{rows}</table>"
-        )
-    running = any(not i.status.final for invs in jobs.values() for i in invs)
+def _invocation_table(invocations: Sequence[Invocation], now_ns: int) -> str:
+    if not invocations:
+        return "<p>No invocations yet.</p>"
+    rows = "".join(
+        f'<tr><td><a href="?invocation={inv.id}">{inv.id}</a></td>'
+        f"<td>{_status(inv.status)}</td><td>{escape(format_rfc3339(inv.created_ns))}</td>"
+        f"<td>{escape(_duration(inv, now_ns))}</td></tr>"
+        for inv in invocations
+    )
+    return (
+        "<table><tr><th>invocation</th><th>status</th><th>created</th><th>duration</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def _job_href(job_id: str) -> str:
+    return f"?job={quote(job_id, safe='')}"
+
+
+def _job_row(job: JobView) -> str:
+    cells = [
+        f'<a href="{escape(_job_href(job.id))}">{escape(job.id)}</a>',
+        escape(job.kind),
+        "paused" if job.paused else "no",
+        escape(job.schedule or "—"),
+        str(job.running),
+        str(job.pending),
+        _status(job.last_status) if job.last_status else "—",
+    ]
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def _jobs_table(jobs: Sequence[JobView]) -> str:
+    head = "".join(f"<th>{name}</th>" for name in JOB_COLUMNS)
+    return f'<table id="jobs"><tr>{head}</tr>{"".join(_job_row(j) for j in jobs)}</table>'
+
+
+def index_page(
+    jobs: Sequence[JobView], invocations: Mapping[str, Sequence[Invocation]], now_ns: int
+) -> str:
+    """Every job (its fields, a link to its page), then each job's recent invocations."""
+    parts = ["<h1>shepherd</h1>", "<h2>Jobs</h2>", _jobs_table(jobs)]
+    for job_id, listed in invocations.items():
+        parts.append(f'<h2><a href="{escape(_job_href(job_id))}">{escape(job_id)}</a></h2>')
+        parts.append(_invocation_table(listed, now_ns))
+    running = any(j.running for j in jobs) or any(
+        not i.status.final for listed in invocations.values() for i in listed
+    )
     return _page("shepherd", "".join(parts), refresh=running)
+
+
+def _job_action_url(job_id: str, action: str) -> str:
+    """Relative to the page (`/api/`): jobs/<project>/<name>/<action>, each part encoded."""
+    project, _, name = job_id.partition("/")
+    return f"jobs/{quote(project, safe='')}/{quote(name, safe='')}/{action}"
+
+
+def _form(job_id: str, action: str, token: str, fields: str, label: str) -> str:
+    return (
+        f'<form id="{action}" method="post" action="{escape(_job_action_url(job_id, action))}">'
+        f'<input type="hidden" name="csrf" value="{escape(token)}">{fields}'
+        f'<button type="submit">{escape(label)}</button></form>'
+    )
+
+
+def _job_forms(job: JobDetail, token: str) -> str:
+    """Pause while not paused, resume while paused, abort while something runs."""
+    forms = []
+    if job.paused:
+        forms.append(_form(job.id, "resume", token, "", "Resume"))
+    else:
+        reason = '<input name="reason" placeholder="reason (optional)" maxlength="500"> '
+        forms.append(_form(job.id, "pause", token, reason, "Pause"))
+    if job.running:
+        forms.append(_form(job.id, "abort", token, "", f"Abort all running ({job.running})"))
+    return f'<div class="actions">{"".join(forms)}</div>'
+
+
+def _policy(policy: Mapping[str, Any]) -> str:
+    return ", ".join(f"{escape(str(k))}: {escape(str(v))}" for k, v in policy.items())
+
+
+def _job_fields(job: JobDetail) -> str:
+    paused = f"paused: {job.paused_reason}" if job.paused and job.paused_reason else None
+    rows = [
+        ("kind", escape(job.kind)),
+        ("paused", escape(paused or ("paused" if job.paused else "no"))),
+        ("schedule", escape(job.schedule or "—")),
+        ("running", str(job.running)),
+        ("pending", str(job.pending)),
+        ("last status", _status(job.last_status) if job.last_status else "—"),
+        ("triggering policy", _policy(job.triggering_policy)),
+    ]
+    cells = "".join(
+        f'<tr><th>{name}</th><td id="{name.replace(" ", "-")}">{value}</td></tr>'
+        for name, value in rows
+    )
+    return f'<table id="job">{cells}</table>'
+
+
+def _triggers_table(triggers: Sequence[TriggerView]) -> str:
+    if not triggers:
+        return "<p>No pending triggers.</p>"
+    rows = "".join(
+        f"<tr><td>{escape(t.id)}</td><td>{escape(t.created)}</td></tr>" for t in triggers
+    )
+    return f'<table id="pending"><tr><th>trigger</th><th>created</th></tr>{rows}</table>'
+
+
+def _running_table(invocations: Sequence[InvocationView]) -> str:
+    if not invocations:
+        return "<p>Nothing running.</p>"
+    rows = "".join(
+        f'<tr><td><a href="?invocation={escape(quote(i.id, safe=""))}">{escape(i.id)}</a></td>'
+        f"<td>{_status(i.status)}</td><td>{escape(i.created)}</td>"
+        f"<td>{_build_link(i.view_url)}</td></tr>"
+        for i in invocations
+    )
+    return (
+        '<table id="running"><tr><th>invocation</th><th>status</th><th>created</th>'
+        f"<th>build</th></tr>{rows}</table>"
+    )
+
+
+def _build_link(url: str | None) -> str:
+    if not url:
+        return "—"
+    return f'<a href="{escape(url)}" rel="noreferrer">{escape(url)}</a>'
+
+
+def job_page(job: JobDetail, recent: Sequence[Invocation], form_token: str, now_ns: int) -> str:
+    """One job: its fields, the buttons that apply, its pending triggers, what runs, and its
+    recent invocations. Never refreshes itself: it holds a form."""
+    body = (
+        f'<p><a href="./">all jobs</a></p><h1>{escape(job.id)}</h1>{_job_fields(job)}'
+        f"{_job_forms(job, form_token)}"
+        f"<h2>Pending triggers</h2>{_triggers_table(job.pending_triggers)}"
+        f"<h2>Running invocations</h2>{_running_table(job.running_invocations)}"
+        f"<h2>Recent invocations</h2>{_invocation_table(recent, now_ns)}"
+    )
+    return _page(job.id, body, refresh=False)
 
 
 @dataclass(frozen=True)
@@ -214,11 +340,7 @@ def _log_html(entries: Sequence[LogEntry]) -> str:
 
 
 def invocation_page(inv: Invocation, entries: Sequence[LogEntry], now_ns: int) -> str:
-    task = (
-        f'<a href="{escape(inv.view_url)}" rel="noreferrer">{escape(inv.view_url)}</a>'
-        if inv.view_url
-        else "—"
-    )
+    task = _build_link(inv.view_url)
     abort = " (abort requested)" if inv.abort_requested and not inv.status.final else ""
     body = (
         f'<p><a href="./">all invocations</a></p><h1>{escape(inv.job_id)}</h1>'

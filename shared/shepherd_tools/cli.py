@@ -158,6 +158,43 @@ def jobs_validate(path: Annotated[str, typer.Argument(help="The job file.")]) ->
 # --- remote -----------------------------------------------------------------------------
 
 
+JOB_COLUMNS = ["id", "kind", "paused", "schedule", "running", "pending", "last_status"]
+
+
+@jobs_app.command("list")
+def jobs_list(
+    url: Url = DEFAULT_URL, trigger_url: TriggerUrl = None, api_url: ApiUrl = None
+) -> None:
+    """Every job: paused or not, its schedule, running invocations, pending triggers."""
+    jobs = remote(url, trigger_url, api_url, lambda c: c.jobs())
+    print_table(JOB_COLUMNS, [[_cell(job[k]) for k in JOB_COLUMNS] for job in jobs])
+
+
+def _job_command(action: str, help_text: str) -> None:
+    def command(
+        job: Annotated[str, typer.Argument(help='The job id, "<project>/<job name>".')],
+        reason: Annotated[str, typer.Option(help="Why (pause only).")] = "",
+        url: Url = DEFAULT_URL,
+        trigger_url: TriggerUrl = None,
+        api_url: ApiUrl = None,
+    ) -> None:
+        body = {"reason": reason} if action == "pause" and reason else {}
+        found = remote(url, trigger_url, api_url, lambda c: c.job(job, action, **body))
+        rows = [[k, _cell(found[k])] for k in [*JOB_COLUMNS, "paused_reason"]]
+        rows.append(["pending_triggers", ", ".join(t["id"] for t in found["pending_triggers"])])
+        running = ", ".join(i["id"] for i in found["running_invocations"])
+        print_table(None, [*rows, ["running_invocations", running]])
+
+    command.__doc__ = help_text
+    jobs_app.command(action or "show")(command)
+
+
+_job_command("", "Show one job, its pending triggers and running invocations.")
+_job_command("pause", "Pause a job: its pending triggers are discarded, new ones refused.")
+_job_command("resume", "Resume a paused job.")
+_job_command("abort", "Abort every running invocation of a job.")
+
+
 def _pairs(items: list[str], sep: str, what: str) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
@@ -230,7 +267,9 @@ def trigger(
     # A key of its own even when none is given: the client's retries start one invocation.
     body["request_id"] = request_id or f"cli-{uuid.uuid4()}"
     answer = remote(url, trigger_url, api_url, lambda c: c.trigger(body))
-    print(answer["invocation_id"])
+    print(f"trigger {answer['trigger_id']}")
+    if answer["invocation_id"] is not None:
+        print(f"invocation {answer['invocation_id']}")
 
 
 @app.command()
@@ -253,6 +292,8 @@ def show(
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, tuple):  # an invocation's triggers: their ids
+        return ", ".join(t.id for t in value)
     return "—" if value is None else str(value)
 
 

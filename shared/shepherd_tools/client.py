@@ -100,3 +100,14 @@ class ShepherdClient:
     def abort(self, invocation_id: str) -> InvocationView:
         url = f"{self.api_url}/invocations/{quote(invocation_id)}/abort"
         return self._view(InvocationView.from_json, self._call("POST", url))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._view(
+            lambda data: list(data["jobs"]), self._call("GET", f"{self.api_url}/jobs")
+        )
+
+    def job(self, job_id: str, action: str = "", **body: Any) -> dict[str, Any]:
+        """One job (GET), or pause / resume / abort it (POST): the job as it is then."""
+        url = f"{self.api_url}/jobs/{job_id}" + (f"/{action}" if action else "")
+        answer = self._call("POST", url, json=body) if action else self._call("GET", url)
+        return self._view(dict, answer)

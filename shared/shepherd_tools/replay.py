@@ -24,9 +24,9 @@ from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.clock import VirtualClock
 from shepherd.debuglog import format_log
 from shepherd.durations import SECOND, parse_duration
-from shepherd.engine import Engine, RetryLater
+from shepherd.engine import Engine, RetryLater, Triggered
 from shepherd.jobs import ConfigError, parse_jobs
-from shepherd.model import Invocation, PubSubMessage
+from shepherd.model import Invocation, PubSubMessage, TriggerRequest
 from shepherd.ports import Store
 from shepherd.schemas import TriggerBody
 from shepherd.signing import TokenSigner
@@ -131,7 +131,34 @@ class VirtualStack:
         self.client.close()
 
     def trigger(self) -> Invocation:
-        return self.engine.trigger(self.scenario.trigger.to_request())
+        started = self.engine.trigger(self.scenario.trigger.to_request()).invocation
+        assert started is not None, "a scenario's job runs one invocation at a time"
+        return started
+
+    def trigger_at(self, when_ns: int, request: TriggerRequest, order: int = 0) -> Triggered:
+        """Sends a trigger at `when_ns`, after everything due until then: a stream of triggers,
+        each at its own time, under the job's triggering policy."""
+        self.run_until(when_ns)
+        return self.engine.trigger(request, order)
+
+    def run_until(self, when_ns: int) -> None:
+        """Delivers everything due up to `when_ns`, then moves the clocks there."""
+        for _ in range(MAX_STEPS):
+            upcoming = self.next_time()
+            if upcoming is None or upcoming > when_ns:
+                break
+            self.step()
+        else:
+            raise RuntimeError(f"the replay did not reach {when_ns} in {MAX_STEPS} steps")
+        self.clock.advance_to(when_ns)
+        self._sync_simulator(self.clock.now_ns())
+
+    def run_until_idle(self) -> int:
+        """Delivers everything until nothing is left to happen; answers the steps taken."""
+        for steps in range(MAX_STEPS):
+            if not self.step():
+                return steps
+        raise RuntimeError(f"the replay did not go idle in {MAX_STEPS} steps")
 
     def next_time(self) -> int | None:
         """When something happens next: a build step, a delivery, or a due task."""

@@ -7,7 +7,12 @@ Layout:
 - `invocations/{id}/log/{mutation count, 8 digits}`: the lines one change appended, so an event
   costs one read and two writes however many lines it logs; each entry is `t` (time), `x`
   (text), `k` (kind) and `c` (the outbound call, when it records one);
-- `requests/{quoted job id}:{sha256 of the request id}`: the invocation a request id started.
+- `triggers/{quoted job id}:{sha256 of the trigger id}`: a trigger (`state`) and the fields its
+  job's pending query reads (`job_id`, `status`, `created_ns`, `order`, `id`; composite index in
+  terraform/firestore.indexes.json); triggers arrive as documents of their own, so adding one
+  never contends with its job's document;
+- `jobs/{quoted job id}`: the job's state (`state`); a triage reads and writes it, its pending
+  triggers and its active invocations in one transaction.
 Job ids carry "/" and spaces, so they are percent-quoted wherever they name a document.
 
 Firestore's transient errors (unavailable, deadline, internal, exhausted, an abort outside the
@@ -17,6 +22,7 @@ compare-and-swap is ConflictError, however Firestore reports it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import OrderedDict
@@ -31,12 +37,13 @@ from google.api_core import exceptions as gexc
 from google.api_core import retry as retries
 from google.cloud import firestore
 
-from ..model import Invocation, LogEntry, LogKind, Status
-from ..ports import ConflictError, StoreStats, StoreUnavailable
+from ..model import Invocation, JobState, LogEntry, LogKind, Status, Trigger, TriggerStatus
+from ..ports import ConflictError, StoreStats, StoreUnavailable, TriagePlan, TriageView
 from .google_errors import describe, transient_cause
 
 INVOCATIONS = "invocations"
-REQUESTS = "requests"
+TRIGGERS = "triggers"
+JOBS = "jobs"
 LOG = "log"
 ACTIVE = [Status.STARTING.value, Status.RUNNING.value]
 VERSIONS_KEPT = 10_000
@@ -48,9 +55,9 @@ DEFAULT_TIMEOUT_S = 10.0
 T = TypeVar("T")
 
 
-def request_doc_id(job_id: str, request_id: str) -> str:
-    # Hashing the client's key keeps the id under Firestore's 1,500 bytes whatever it holds.
-    digest = hashlib.sha256(request_id.encode()).hexdigest()
+def trigger_doc_id(job_id: str, trigger_id: str) -> str:
+    # Hashing the client's id keeps the document's under Firestore's 1,500 bytes.
+    digest = hashlib.sha256(trigger_id.encode()).hexdigest()
     return f"{quote(job_id, safe='')}:{digest}"
 
 
@@ -147,7 +154,8 @@ class FirestoreStore:
         self._versions: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self.stats = StoreStats()
         self._invocations = client.collection(prefix + INVOCATIONS)
-        self._requests = client.collection(prefix + REQUESTS)
+        self._triggers = client.collection(prefix + TRIGGERS)
+        self._jobs = client.collection(prefix + JOBS)
 
     def _doc(self, invocation_id: int) -> Any:
         return self._invocations.document(str(invocation_id))
@@ -156,42 +164,20 @@ class FirestoreStore:
         return self._doc(invocation_id).collection(LOG).document(f"{mutation_count:08d}")
 
     @_translated
-    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
-        request_id = invocation.request.request_id
-        request_ref = (
-            self._requests.document(request_doc_id(invocation.job_id, request_id))
-            if request_id is not None
-            else None
-        )
-
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> Invocation:
-            if request_ref is not None:
-                found = request_ref.get(transaction=txn)
-                if found.exists:
-                    existing = self._doc(found.get("invocation_id")).get(transaction=txn)
-                    return _invocation(existing)
-                txn.create(request_ref, {"invocation_id": invocation.id})
-            txn.create(self._doc(invocation.id), _fields(invocation))
-            if log:
-                txn.create(
-                    self._log(invocation.id, invocation.mutation_count),
-                    _log_doc(log, self._retention_ns),
-                )
-            return invocation
-
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> None:
+        batch = self._db.batch()
+        batch.create(self._doc(invocation.id), _fields(invocation))
+        if log:
+            batch.create(
+                self._log(invocation.id, invocation.mutation_count),
+                _log_doc(log, self._retention_ns),
+            )
         try:
-            created = run(self._db.transaction())
-        except gexc.AlreadyExists:
-            if request_ref is None:
-                raise
-            # A racing trigger of the same request created it first: this time we find it.
-            created = run(self._db.transaction())
+            batch.commit()
+        except gexc.AlreadyExists as e:
+            raise ConflictError(f"invocation {invocation.id} exists already") from e
         self.stats.transactions += 1
-        self.stats.reads += 1 if request_ref is not None else 0
-        if created is invocation:
-            self.stats.writes += 1 + (request_ref is not None) + bool(log)
-        return created
+        self.stats.writes += 1 + bool(log)
 
     @_translated
     def get(self, invocation_id: int) -> Invocation | None:
@@ -305,3 +291,133 @@ class FirestoreStore:
         self.stats.reads += max(1, len(found))  # Firestore bills an empty query one read
         self.stats.queries += 1
         return found
+
+    # --- triggers and jobs ---
+
+    def _trigger_doc(self, job_id: str, trigger_id: str) -> Any:
+        return self._triggers.document(trigger_doc_id(job_id, trigger_id))
+
+    @staticmethod
+    def _trigger_fields(trigger: Trigger) -> dict[str, Any]:
+        return {
+            "job_id": trigger.job_id,
+            "id": trigger.id,
+            "status": trigger.status.value,
+            "created_ns": trigger.created_ns,
+            "order": trigger.order,
+            "state": json.dumps(trigger.to_dict()),
+        }
+
+    @_translated
+    def add_trigger(self, trigger: Trigger) -> Trigger:
+        ref = self._trigger_doc(trigger.job_id, trigger.id)
+        try:
+            ref.create(self._trigger_fields(trigger))
+        except gexc.AlreadyExists:
+            found = self.get_trigger(trigger.job_id, trigger.id)
+            assert found is not None  # triggers are never deleted
+            return found
+        self.stats.writes += 1
+        return trigger
+
+    @_translated
+    def get_trigger(self, job_id: str, trigger_id: str) -> Trigger | None:
+        snapshot = self._trigger_doc(job_id, trigger_id).get()
+        self.stats.reads += 1
+        return Trigger.from_dict(json.loads(snapshot.get("state"))) if snapshot.exists else None
+
+    @_translated
+    def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
+        query = self._pending_query(job_id, limit)
+        found = [Trigger.from_dict(json.loads(doc.get("state"))) for doc in self._stream(query)]
+        self.stats.reads += max(1, len(found))
+        self.stats.queries += 1
+        return found
+
+    @_translated
+    def get_job(self, job_id: str) -> JobState:
+        snapshot = self._jobs.document(quote(job_id, safe="")).get()
+        self.stats.reads += 1
+        if not snapshot.exists:
+            return JobState(job_id)
+        return JobState.from_dict(json.loads(snapshot.get("state")))
+
+    def _pending_query(self, job_id: str, limit: int) -> Any:
+        return (
+            self._triggers.where(filter=firestore.FieldFilter("job_id", "==", job_id))
+            .where(filter=firestore.FieldFilter("status", "==", TriggerStatus.PENDING.value))
+            .order_by("created_ns")
+            .order_by("order")
+            .order_by("id")
+            .limit(limit)
+        )
+
+    @_translated
+    def triage(
+        self,
+        job_id: str,
+        limit: int,
+        plan: Callable[[TriageView], TriagePlan | None],
+        read_active: bool = True,
+    ) -> TriagePlan | None:
+        job_ref = self._jobs.document(quote(job_id, safe=""))
+        # The query runs outside the transaction and its documents are read again inside:
+        # point reads lock far less than a query does (the emulator serialises contending
+        # queries for tens of seconds). A trigger added meanwhile is its own triage's.
+        candidates = [d.reference for d in self._stream(self._pending_query(job_id, limit))]
+        if not job_ref.get().exists:
+            # Contending transactions that would each create it wait on one another far
+            # longer than ones that update it.
+            with contextlib.suppress(gexc.AlreadyExists):
+                job_ref.create({"state": json.dumps(JobState(job_id).to_dict())})
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> TriagePlan | None:
+            stored = job_ref.get(transaction=txn)
+            job = JobState.from_dict(json.loads(stored.get("state"))) if stored.exists else None
+            job = job or JobState(job_id)
+            docs = list(self._db.get_all(candidates, transaction=txn)) if candidates else []
+            found = [Trigger.from_dict(json.loads(d.get("state"))) for d in docs if d.exists]
+            pending = tuple(
+                sorted(
+                    (t for t in found if t.status is TriggerStatus.PENDING),
+                    key=lambda t: (t.created_ns, t.order, t.id),
+                )
+            )
+            refs = [self._doc(i) for i in job.active] if read_active else []
+            running = {
+                int(d.id)
+                for d in (self._db.get_all(refs, transaction=txn) if refs else ())
+                if d.exists and d.get("status") in ACTIVE
+            }
+            if not read_active:
+                running = set(job.active)
+            self.stats.reads += 1 + max(1, len(pending)) + len(refs)
+            decided = plan(TriageView(job, pending, frozenset(job.active) - running))
+            if decided is None:
+                return None
+            txn.set(job_ref, {"state": json.dumps(decided.job.to_dict())})
+            for trigger in decided.triggers:
+                ref = self._trigger_doc(trigger.job_id, trigger.id)
+                txn.set(ref, self._trigger_fields(trigger))
+            for invocation, log in decided.invocations:
+                txn.create(self._doc(invocation.id), _fields(invocation))
+                if log:
+                    txn.create(
+                        self._log(invocation.id, invocation.mutation_count),
+                        _log_doc(log, self._retention_ns),
+                    )
+            return decided
+
+        try:
+            decided = run(self._db.transaction(max_attempts=TRANSACTION_ATTEMPTS))
+        except (gexc.Aborted, gexc.Conflict, gexc.AlreadyExists) as e:
+            raise ConflictError(f"job {job_id}: {e}") from e
+        except ValueError as e:
+            if not isinstance(e.__cause__, gexc.Aborted):
+                raise
+            raise ConflictError(f"job {job_id}: {e}") from e
+        if decided is not None:
+            self.stats.writes += 1 + len(decided.triggers) + 2 * len(decided.invocations)
+            self.stats.transactions += 1
+        return decided

@@ -8,27 +8,24 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..model import Invocation, LogEntry, LogKind
-from ..ports import ConflictError, StoreStats
+from ..model import Invocation, JobState, LogEntry, LogKind, Trigger
+from ..ports import ConflictError, StoreStats, TriagePlan, TriageView
 from .sqlite_db import DEFAULT_TIMEOUT_S, create_schema, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS invocations (
     id INTEGER PRIMARY KEY,
     job_id TEXT NOT NULL,
-    request_id TEXT,
     status TEXT NOT NULL,
     mutation_count INTEGER NOT NULL,
     created_ns INTEGER NOT NULL,
     data TEXT NOT NULL,
     next_check_ns INTEGER
 );
-CREATE UNIQUE INDEX IF NOT EXISTS invocations_request
-    ON invocations (job_id, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS invocations_job ON invocations (job_id, created_ns DESC);
 CREATE INDEX IF NOT EXISTS invocations_active ON invocations (status)
     WHERE status IN ('STARTING', 'RUNNING');
@@ -41,6 +38,22 @@ CREATE TABLE IF NOT EXISTS log_lines (
     kind TEXT NOT NULL DEFAULT 'info',
     call TEXT,
     PRIMARY KEY (invocation_id, mutation_count, idx)
+);
+CREATE TABLE IF NOT EXISTS triggers (
+    job_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    ord INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, id)
+);
+CREATE INDEX IF NOT EXISTS triggers_pending ON triggers (job_id, created_ns, ord, id)
+    WHERE status = 'PENDING';
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
 );
 """
 # Columns added since the first schema: a file written before them gains them on open.
@@ -107,25 +120,22 @@ class SqliteStore:
             invocation.next_check_ns,
         )
 
-    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> Invocation:
-        request_id = invocation.request.request_id
-        status, count, data, next_check = self._row(invocation)
+    def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> None:
         with self._transaction(write=True) as db:
-            if request_id is not None:
-                found = db.execute(
-                    "SELECT data FROM invocations WHERE job_id = ? AND request_id = ?",
-                    (invocation.job_id, request_id),
-                ).fetchone()
-                self.stats.reads += 1
-                if found:
-                    return Invocation.from_dict(json.loads(found[0]))
+            self._insert(db, invocation, log)
+            self.stats.transactions += 1
+
+    def _insert(
+        self, db: sqlite3.Connection, invocation: Invocation, log: Sequence[LogEntry]
+    ) -> None:
+        status, count, data, next_check = self._row(invocation)
+        try:
             db.execute(
-                "INSERT INTO invocations (id, job_id, request_id, status, mutation_count,"
-                " created_ns, data, next_check_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO invocations (id, job_id, status, mutation_count,"
+                " created_ns, data, next_check_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     invocation.id,
                     invocation.job_id,
-                    request_id,
                     status,
                     count,
                     invocation.created_ns,
@@ -133,10 +143,10 @@ class SqliteStore:
                     next_check,
                 ),
             )
-            self._append_log(db, invocation, log)
-            self.stats.writes += 1
-            self.stats.transactions += 1
-        return invocation
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"invocation {invocation.id} exists already") from None
+        self._append_log(db, invocation, log)
+        self.stats.writes += 1
 
     def get(self, invocation_id: int) -> Invocation | None:
         with self._transaction() as db:
@@ -201,3 +211,102 @@ class SqliteStore:
         self.stats.reads += len(rows)
         self.stats.queries += 1
         return [Invocation.from_dict(json.loads(r[0])) for r in rows]
+
+    # --- triggers and jobs ---
+
+    def add_trigger(self, trigger: Trigger) -> Trigger:
+        with self._transaction(write=True) as db:
+            found = db.execute(
+                "SELECT data FROM triggers WHERE job_id = ? AND id = ?",
+                (trigger.job_id, trigger.id),
+            ).fetchone()
+            self.stats.reads += 1
+            if found:
+                return Trigger.from_dict(json.loads(found[0]))
+            db.execute(
+                "INSERT INTO triggers (job_id, id, status, created_ns, ord, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    trigger.job_id,
+                    trigger.id,
+                    trigger.status.value,
+                    trigger.created_ns,
+                    trigger.order,
+                    json.dumps(trigger.to_dict()),
+                ),
+            )
+            self.stats.writes += 1
+            self.stats.transactions += 1
+        return trigger
+
+    def get_trigger(self, job_id: str, trigger_id: str) -> Trigger | None:
+        with self._transaction() as db:
+            found = db.execute(
+                "SELECT data FROM triggers WHERE job_id = ? AND id = ?", (job_id, trigger_id)
+            ).fetchone()
+        self.stats.reads += 1
+        return Trigger.from_dict(json.loads(found[0])) if found else None
+
+    PENDING_QUERY = (
+        "SELECT data FROM triggers WHERE job_id = ? AND status = 'PENDING'"
+        " ORDER BY created_ns, ord, id LIMIT ?"
+    )
+
+    def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
+        with self._transaction() as db:
+            rows = db.execute(self.PENDING_QUERY, (job_id, limit)).fetchall()
+        self.stats.reads += len(rows)
+        self.stats.queries += 1
+        return [Trigger.from_dict(json.loads(r[0])) for r in rows]
+
+    def get_job(self, job_id: str) -> JobState:
+        with self._transaction() as db:
+            found = db.execute("SELECT data FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        self.stats.reads += 1
+        return JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
+
+    def triage(
+        self,
+        job_id: str,
+        limit: int,
+        plan: Callable[[TriageView], TriagePlan | None],
+        read_active: bool = True,
+    ) -> TriagePlan | None:
+        # BEGIN IMMEDIATE: the reads below cannot go stale before the writes.
+        with self._transaction(write=True) as db:
+            found = db.execute("SELECT data FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            job = JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
+            rows = db.execute(self.PENDING_QUERY, (job_id, limit)).fetchall()
+            pending = tuple(Trigger.from_dict(json.loads(r[0])) for r in rows)
+            running = set(job.active)
+            if read_active:
+                running = {
+                    row[0]
+                    for row in db.execute(
+                        "SELECT id FROM invocations WHERE status IN ('STARTING', 'RUNNING')"
+                        f" AND id IN ({','.join('?' * len(job.active))})",
+                        job.active,
+                    )
+                }
+                self.stats.reads += len(job.active)
+            self.stats.reads += 1 + len(pending)
+            decided = plan(TriageView(job, pending, frozenset(job.active) - running))
+            if decided is None:
+                return None
+            db.execute(
+                "INSERT INTO jobs (job_id, version, data) VALUES (?, 0, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET data = excluded.data",
+                (job_id, json.dumps(decided.job.to_dict())),
+            )
+            db.executemany(
+                "UPDATE triggers SET status = ?, data = ? WHERE job_id = ? AND id = ?",
+                [
+                    (t.status.value, json.dumps(t.to_dict()), t.job_id, t.id)
+                    for t in decided.triggers
+                ],
+            )
+            for invocation, log in decided.invocations:
+                self._insert(db, invocation, log)
+            self.stats.writes += 1 + len(decided.triggers)
+            self.stats.transactions += 1
+        return decided

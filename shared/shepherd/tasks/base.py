@@ -24,11 +24,12 @@ The contract of a task kind, for whoever writes a new one:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
 from ..debuglog import DebugLog
 from ..jobs import ConfigModel, Settings
-from ..model import PubSubMessage, Status, TriggerRequest
+from ..model import IncomingTrigger, PubSubMessage, Status, TriggerRequest
 
 
 class TransientError(Exception):
@@ -62,6 +63,11 @@ class Controller(Protocol):
 
     @property
     def request(self) -> TriggerRequest: ...
+
+    @property
+    def triggers(self) -> Sequence[IncomingTrigger]:
+        """The triggers the invocation is made of, oldest first (`request` is the newest's)."""
+        ...
 
     @property
     def settings(self) -> Settings:

@@ -467,8 +467,7 @@ class BuildbucketKind:
             cfg,
             job_id=ctl.job_id,
             invocation_id=ctl.invocation_id,
-            # One trigger per invocation for now; its request is the trigger.
-            triggers=[IncomingTrigger.of(ctl.request, ctl.invocation_id)],
+            triggers=ctl.triggers,
             app_id=ctl.settings.app_id,
             hostname=ctl.settings.hostname,
             debug_log=ctl.debug_log,
