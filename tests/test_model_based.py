@@ -36,7 +36,7 @@ from shepherd.clock import VirtualClock
 from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import Engine, InvocationFinished, JobPaused, RetryLater
 from shepherd.grpc_codes import Code
-from shepherd.jobs import parse_jobs
+from shepherd.jobs import JobsFile, parse_jobs
 from shepherd.model import (
     Invocation,
     LogEntry,
@@ -53,7 +53,34 @@ from shepherd.tasks.registry import CONFIG_MODELS, make_kinds
 from shepherd_tools.simulator.server import Simulator
 
 JOB = "chromium/Windows deterministic"
-MAX_CONCURRENT = 2
+# Each history runs under one of them (drawn first): each kind, one slot and more.
+POLICIES = [
+    {"kind": "greedy_batching", "max_concurrent_invocations": 2, "max_batch_size": 2},
+    {"kind": "greedy_batching"},
+    {"kind": "logarithmic_batching", "max_concurrent_invocations": 2, "log_base": 2.0},
+    {"kind": "newest_first", "pending_timeout": "30m"},
+]
+
+
+def jobs_with(policy: dict[str, Any]) -> JobsFile:
+    return parse_jobs(
+        {
+            "settings": {"status_check_min": "1m", "status_check_max": "10m"},
+            "jobs": [
+                {
+                    "id": JOB,
+                    "server": "cr-buildbucket.appspot.com",
+                    "bucket": "ci",
+                    "builder": "Windows deterministic",
+                    "triggering_policy": policy,
+                }
+            ],
+        },
+        "jobs.toml",
+        CONFIG_MODELS,
+    )
+
+
 BUILDSET = (
     "buildset:commit/gitiles/chromium.googlesource.com/chromium/src/+/"
     "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
@@ -143,28 +170,8 @@ class EngineMachine(RuleBasedStateMachine):
         self.sim = Simulator({"clock": "manual", "start_ns": T0})
         self.store = self.make_store()
         self.queue = Queue()
-        jobs = parse_jobs(
-            {
-                "settings": {"status_check_min": "1m", "status_check_max": "10m"},
-                "jobs": [
-                    {
-                        "id": JOB,
-                        "server": "cr-buildbucket.appspot.com",
-                        "bucket": "ci",
-                        "builder": "Windows deterministic",
-                        "triggering_policy": {
-                            "kind": "greedy_batching",
-                            "max_concurrent_invocations": MAX_CONCURRENT,
-                            "max_batch_size": 2,
-                        },
-                    }
-                ],
-            },
-            "jobs.toml",
-            CONFIG_MODELS,
-        )
         self.engine = Engine(
-            jobs=jobs,
+            jobs=jobs_with(POLICIES[0]),
             kinds=make_kinds(InProcessBuilds(self.sim), random.Random(2)),
             store=self.store,
             queue=self.queue,
@@ -238,6 +245,14 @@ class EngineMachine(RuleBasedStateMachine):
             self.inbox.pop(index)
 
     # --- rules ----------------------------------------------------------------------------
+
+    @initialize(policy=st.sampled_from(POLICIES))
+    def job_policy(self, policy: dict[str, Any]) -> None:
+        self.engine.jobs = jobs_with(policy)
+
+    @property
+    def max_concurrent(self) -> int:
+        return self.engine.jobs.jobs[JOB].triggering_policy.max_concurrent_invocations
 
     @initialize(final=st.sampled_from([*FINAL_BUILD, "STATUS_UNSPECIFIED"]))
     def builds_end_with(self, final: str) -> None:
@@ -356,7 +371,7 @@ class EngineMachine(RuleBasedStateMachine):
             for t in inv.triggers:
                 assert t.id not in made_of, "a trigger runs in one invocation at most"
                 made_of[t.id] = invocation_id
-        assert running <= MAX_CONCURRENT, "never more than max_concurrent_invocations"
+        assert running <= self.max_concurrent, "never more than max_concurrent_invocations"
         for trigger_id in self.triggers:
             trigger = self._trigger(trigger_id)
             if trigger.status is TriggerStatus.STARTED:
