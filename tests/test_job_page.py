@@ -415,3 +415,18 @@ def test_another_site_cannot_trigger_or_abort(app: tuple[FlaskClient, Service]) 
     assert client.post("/invocations/42/abort").status_code == 404  # the command line's
     allowed = trigger.post("/", data=body, content_type="text/plain")
     assert allowed.status_code == 202
+
+
+def test_the_trigger_url_in_the_answer_leads_to_the_trigger(
+    app: tuple[FlaskClient, Service],
+) -> None:
+    client, _ = app
+    trigger = functions_framework.create_app("trigger", str(FUNCTIONS), "http").test_client()
+    for trigger_id in ("repo/+/refs/heads/main@abc", "cron:v1:7", "a//b%20c", "triggers/x"):
+        answer = trigger.post("/", json={"job": LISTED, "request_id": trigger_id})
+        assert answer.status_code == 202, answer.text
+        url = answer.json["url"]  # type: ignore[index]
+        assert url.startswith("/api/jobs/team_x%2FNightly%20%28arm%29%201.2/triggers/")
+        found = client.get(url.removeprefix("/api"))
+        assert found.status_code == 200, found.text
+        assert found.json["id"] == trigger_id and found.json["job"] == LISTED  # type: ignore[index]

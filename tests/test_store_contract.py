@@ -341,10 +341,14 @@ def test_racing_triages_start_each_trigger_once(store: Store) -> None:
         store.add_trigger(trigger(f"t{n}", n))
     barrier = threading.Barrier(4)
     plans: list[TriagePlan | None] = []
+    conflicts: list[ConflictError] = []
 
     def triage() -> None:
         barrier.wait()
-        plans.append(store.triage(JOB, 10, take_all))
+        try:
+            plans.append(store.triage(JOB, 10, take_all))
+        except ConflictError as e:  # gave up contending: it changed nothing
+            conflicts.append(e)
 
     threads = [threading.Thread(target=triage) for _ in range(4)]
     for t in threads:
@@ -352,7 +356,8 @@ def test_racing_triages_start_each_trigger_once(store: Store) -> None:
     for t in threads:
         t.join()
     made = [p for p in plans if p is not None]
-    assert len(made) == 1, "one triage took them all; the others found nothing pending"
+    assert len(plans) + len(conflicts) == 4
+    assert len(made) == 1, "one triage took them all; the others found nothing or gave up"
     ((inv, _),) = made[0].invocations
     assert {t.invocation_id for t in made[0].triggers} == {inv.id}
     assert store.get_job(JOB).active == (inv.id,)

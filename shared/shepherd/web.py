@@ -315,7 +315,8 @@ def _jobs(request: Request, parts: list[str]) -> Response:
         return _answer(200, InvocationList(views))
     if action == "triggers" and len(rest) > 1:
         _require(request, "GET")
-        trigger_id = request.path.split("/triggers/", 1)[1]
+        marker = f"/{job_id}/triggers/"  # the id is the rest, "/" and all
+        trigger_id = request.path[request.path.index(marker) + len(marker) :]
         found = engine.store.get_trigger(job_id, trigger_id)
         if found is None:
             return _error(404, f'no trigger "{trigger_id}" in job "{job_id}"')
