@@ -131,6 +131,8 @@ class _Controller:
         self.next_attempt_ns = invocation.next_attempt_ns
         self.debug_log = DebugLog(engine.clock)
         self._timers: list[Timer] = []
+        self._emitted: list[TriggerRequest] = []
+        self._kind_state: dict[str, Any] | None = None
         # While STARTING: when the next start task is due (None: a launch is in progress).
 
     def rebase(self, onto: Invocation) -> None:
@@ -183,6 +185,39 @@ class _Controller:
         kind = self._engine.kinds[self._job.kind]
         topic = self._engine.topic.prepare(kind.name, publisher)
         return topic, self._engine.signer.sign(self.job_id, self.invocation_id)
+
+    def emit_trigger(self, job_id: str, request: TriggerRequest) -> None:
+        request = dataclasses.replace(request, job_id=job_id)
+        self.debug_log.write(
+            LogKind.TRIGGER, f"Emitting a trigger {request.request_id} for job {job_id}"
+        )
+        self._emitted.append(request)
+
+    def get_kind_state(self) -> dict[str, Any]:
+        return self._engine.store.get_kind_state(self.job_id)
+
+    def put_kind_state(self, state: dict[str, Any]) -> None:
+        self._kind_state = dict(state)
+
+    def _deliver_emitted(self) -> None:
+        """After a stored change: its emitted triggers, then the kind state (only if every
+        trigger is stored: else the kind finds its old state and emits them again, under the
+        same ids). Best effort, as the change is already stored."""
+        emitted, self._emitted = self._emitted, []
+        state, self._kind_state = self._kind_state, None
+        try:
+            for order, request in enumerate(emitted):
+                try:
+                    self._engine.trigger(request, order=order)
+                except (UnknownJob, JobPaused) as e:
+                    logger.info("trigger %s dropped: %s", request.request_id, e)
+            if state is not None:
+                self._engine.store.put_kind_state(self.job_id, state)
+        except Exception:
+            logger.exception(
+                "invocation %d: emitted triggers not all stored; kind state kept as it was",
+                self.invocation_id,
+            )
 
     def consume_timer(self, tid: str) -> Timer | None:
         for t in self._pending:
@@ -237,6 +272,7 @@ class _Controller:
         self._pending = list(after.pending_timers)
         self._timers = []
         self._engine.queue.schedule([t.task(after.id) for t in new_timers])
+        self._deliver_emitted()
         if after.status.final and not before.status.final:
             self._engine.triage_after_finish(after.job_id, after.id)
 

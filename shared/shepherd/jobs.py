@@ -186,6 +186,13 @@ def parse_jobs(
             schedule=header.schedule,
             triggering_policy=header.policy(),
         )
+    for job in jobs.values():
+        # A kind that emits triggers (gitiles) names the jobs it feeds: each must be here.
+        for target in getattr(job.config, "triggers", None) or ():
+            if target not in jobs:
+                raise ConfigError(
+                    f'{source}: job "{job.id}": field "triggers": no job "{target}" in the file'
+                )
     return JobsFile(settings=settings, jobs=jobs)
 
 

@@ -102,6 +102,21 @@ class Controller(Protocol):
         when the engine commits at the end of the event)."""
         ...
 
+    def emit_trigger(self, job_id: str, request: TriggerRequest) -> None:
+        """Adds a trigger to job `job_id` once this event's change is stored (the engine's
+        `trigger`, in the order emitted). Give `request.request_id` a stable id: the same id
+        emitted again is the same trigger."""
+        ...
+
+    def get_kind_state(self) -> dict[str, Any]:
+        """What this job's kind kept with `put_kind_state` ({} if nothing yet)."""
+        ...
+
+    def put_kind_state(self, state: dict[str, Any]) -> None:
+        """Replaces this job's kind state once this event's change is stored and every trigger
+        it emitted is stored too; not at all if any of those fails."""
+        ...
+
 
 class TaskKind(Protocol):
     """What one kind of task does. The engine knows nothing more about it.
