@@ -22,7 +22,8 @@ from shepherd.adapters.gitiles_rest import GitilesClient, GitilesError
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.clock import VirtualClock
 from shepherd.config import ConfigError
-from shepherd.durations import MINUTE
+from shepherd.cron import run_schedules
+from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import Engine
 from shepherd.jobs import parse_jobs
 from shepherd.model import GitilesTrigger, Invocation, Status, TriggerRequest
@@ -250,6 +251,42 @@ def test_tags_already_there_when_first_watched_emit_nothing(
     assert [t.rpartition("@")[0] for t in poller.emitted()] == [f"{poller.repo}/+/refs/tags/v2"]
 
 
+def test_many_changed_refs_are_postponed_to_the_next_poll(
+    tmp_path: Path, gitiles: GitilesSimProcess
+) -> None:
+    """TestTriggerBuild "do not emit more than N triggers per invocation" (maxTriggers 10,
+    maxCommits 5 there: a ref at a time until the next could pass the limit)."""
+    heads = [gitiles.push(PROJECT, f"refs/heads/b{n}")["new"] for n in range(4)]
+    poller = make_poller(tmp_path, gitiles, refs=["regexp:refs/heads/b\\d"])
+    kind = poller.engine.kinds[GitilesKind.name]
+    assert isinstance(kind, GitilesKind)
+    kind.max_triggers, kind.max_commits = 3, 2
+    inv = poller.poll()
+    log = poller.log(inv)
+    assert "Emitted 2 triggers, postponing the rest" in log
+    assert "2 changed refs processed, 2 refs not yet examined" in log
+    assert len(poller.emitted()) == 2
+    poller.poll()
+    emitted = poller.emitted()
+    assert emitted == [i for n, h in enumerate(heads) for i in poller.ids(f"refs/heads/b{n}", h)]
+
+
+def test_the_job_header_schedules_the_polls(tmp_path: Path, gitiles: GitilesSimProcess) -> None:
+    first = gitiles.push(PROJECT, MAIN)["new"]
+    poller = make_poller(tmp_path, gitiles, schedule="with 1s interval")
+    pushed: list[str] = []
+    for _ in range(3):
+        poller.clock.advance(2 * SECOND)
+        ticks = run_schedules(poller.engine, poller.clock.now_ns())
+        assert [t.action for t in ticks] == ["triggered"]
+        for task in poller.queue.pop_due(poller.clock.now_ns()):
+            poller.engine.handle_task(task.invocation_id, task.timer_id, task.name)
+        pushed.append(gitiles.push(PROJECT, MAIN)["new"])
+    polls = poller.engine.store.list_invocations(POLLER)
+    assert [i.status for i in polls] == [Status.SUCCEEDED] * 3
+    assert poller.emitted() == poller.ids(MAIN, first, *pushed[:2])
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -382,3 +419,10 @@ def test_the_client_speaks_rest_go(gitiles: GitilesSimProcess) -> None:
         assert error.value.not_found and not error.value.transient
     finally:
         client.close()
+
+
+def test_only_pollers_may_run_more_often_than_a_minute() -> None:
+    _parse(schedule="with 1s interval")
+    builder = {"id": "infra/b", "server": "x.example.com", "bucket": "ci", "builder": "b"}
+    with pytest.raises(ConfigError, match=r'job "infra/b": field "schedule": .* at least 1m'):
+        parse_jobs({"jobs": [{**builder, "schedule": "with 1s interval"}]}, "j", CONFIG_MODELS)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from .config import ConfigError
 from .durations import parse_duration
 from .policy import DEFAULT_POLICY, TriggeringPolicy, parse_policy
-from .schedule import Schedule, parse_schedule
+from .schedule import MIN_POLL_INTERVAL_NS, Schedule, check_interval, parse_schedule
 from .validation import Model, field
 
 _PROJECT = re.compile(r"^[a-z0-9_\-]+$")
@@ -71,7 +71,8 @@ class Settings(Model):
 def _schedule(value: Any) -> Schedule:
     if not isinstance(value, str):
         raise ValueError('must be a cron expression or "with <duration> interval"')
-    return parse_schedule(value)
+    # The shortest any kind allows; parse_jobs holds other kinds than pollers to a minute.
+    return parse_schedule(value, MIN_POLL_INTERVAL_NS)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,12 @@ def parse_jobs(
         except ValueError as e:
             raise ConfigError(f"{source}: {label}: {_describe(e)}") from None
         label = f'job "{header.id}"'
+        schedule = header.schedule
+        if schedule is not None and schedule.interval_ns is not None and header.kind != "gitiles":
+            try:
+                check_interval(schedule.text, schedule.interval_ns)
+            except ValueError as e:
+                raise ConfigError(f'{source}: {label}: field "schedule": {e}') from None
         project, _, name = header.id.partition("/")
         if not _PROJECT.match(project) or not _JOB_NAME.match(name):
             raise ConfigError(
