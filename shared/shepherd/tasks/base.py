@@ -20,6 +20,10 @@ The contract of a task kind, for whoever writes a new one:
   FAILED (an abort still ends ABORTED).
 - Lost races are the engine's business: if another event committed first, the commit fails and
   the whole event is delivered again, so handlers may run more than once for one change.
+- Triggers for other jobs (`ctl.emit_trigger`) are stored with the event's change and added to
+  their jobs only once it commits; their ids are stable across redeliveries of the event, so a
+  handler that runs twice for one change emits once. Emit once the outcome is known: what a
+  launch emitted is dropped when it raises `TransientError`.
 """
 
 from __future__ import annotations
@@ -93,6 +97,16 @@ class Controller(Protocol):
         """Returns (topic name, signed token that identifies this invocation) for the
         `publisher` service account. The publisher must send the token back in each message,
         where `examine_notification` finds it."""
+        ...
+
+    def emit_trigger(self, job_id: str, request: TriggerRequest | None = None) -> None:
+        """Triggers job `job_id` (LUCI's EmitTrigger) once this event's change is stored, as
+        `POST /trigger` would: its triggering policy applies. `request` carries what the
+        trigger brings (commit, properties, tags; its job_id is replaced by `job_id`); its
+        `request_id`, if set, is the trigger's id, else the engine makes one that is stable
+        across redeliveries (`<job id>:<invocation id>:<n>`, n counting the invocation's
+        emitted triggers). A job that is paused or not in the job file is skipped, with a
+        debug-log line."""
         ...
 
     def now_ns(self) -> int: ...
