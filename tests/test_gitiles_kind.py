@@ -327,9 +327,13 @@ def test_triggers_not_stored_leave_the_state_as_it_was(
         return real(request, order)
 
     monkeypatch.setattr(poller.engine, "trigger", flaky)
-    poller.poll()
+    with pytest.raises(Unavailable):  # after the poll's commit: the delivery answers 503
+        poller.poll()
     assert poller.engine.store.get_kind_state(POLLER)["refs"] == {MAIN: first}
+    assert poller.emitted() == poller.ids(MAIN, first, pushed[0])
     monkeypatch.setattr(poller.engine, "trigger", real)
+    # The failed delivery also skipped the triage after the poll's end: the sweep's frees it.
+    poller.engine.triage(POLLER, reconcile=True)
     poller.poll()  # the same commits again: the one stored is not doubled
     assert poller.emitted() == poller.ids(MAIN, first, *pushed)
     assert poller.engine.store.get_kind_state(POLLER)["refs"] == {MAIN: pushed[1]}
@@ -382,7 +386,10 @@ def _parse(**config: Any) -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"triggers": ["infra/nowhere"]}, 'field "triggers": no job "infra/nowhere"'),
+        (
+            {"triggers": ["infra/nowhere"]},
+            'field "triggers": referencing unknown job "infra/nowhere"',
+        ),
         ({"refs": ["main"]}, "ref must start with 'refs/'"),
         ({"refs": ["regexp:refs/.*"]}, "fewer than 2 slashes in literal prefix"),
         ({"refs": ["regexp:^refs/heads/x"]}, "^ and $ qualifiers"),

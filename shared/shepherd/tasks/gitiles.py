@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from ..adapters.gitiles_rest import Commit, GitilesClient, GitilesError
-from ..jobs import ConfigModel
+from ..jobs import ConfigModel, triggers_field
 from ..model import GitilesTrigger, LogKind, PubSubMessage, Status, TriggerRequest
 from ..validation import Model, field
 from .base import Controller, TaskError, TransientError
@@ -106,7 +106,7 @@ class GitilesConfig(Model):
     path_regexps: tuple[str, ...] = field(default=(), after=_path_regexps)
     path_regexps_exclude: tuple[str, ...] = field(default=(), after=_path_regexps)
     # Job ids this poller triggers; parse_jobs checks that each is in the file.
-    triggers: tuple[str, ...] = ()
+    triggers: tuple[str, ...] = triggers_field()
 
     def check(self) -> None:
         if self.path_regexps_exclude and not self.path_regexps:

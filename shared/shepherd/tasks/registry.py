@@ -11,10 +11,11 @@ from ..ports import BuildsAPI
 from .base import TaskKind
 from .buildbucket import BuildbucketKind
 from .gitiles import GitilesKind
+from .noop import NoopKind
+from .url_fetch import UrlFetchKind
 
 CONFIG_MODELS: Mapping[str, ConfigModel] = {
-    BuildbucketKind.name: BuildbucketKind.config_model,
-    GitilesKind.name: GitilesKind.config_model,
+    kind.name: kind.config_model for kind in (BuildbucketKind, NoopKind, UrlFetchKind, GitilesKind)
 }
 
 
@@ -26,5 +27,7 @@ def make_kinds(
     """`gitiles`: host URL → a Gitiles client (default: unauthenticated REST clients)."""
     return {
         BuildbucketKind.name: BuildbucketKind(builds, rng),
+        NoopKind.name: NoopKind(),
+        UrlFetchKind.name: UrlFetchKind(),
         GitilesKind.name: GitilesKind(gitiles) if gitiles else GitilesKind(),
     }
