@@ -287,6 +287,68 @@ def test_the_job_header_schedules_the_polls(tmp_path: Path, gitiles: GitilesSimP
     assert poller.emitted() == poller.ids(MAIN, first, *pushed[:2])
 
 
+def test_tags_newly_matched_by_changed_patterns_are_not_new(
+    tmp_path: Path, gitiles: GitilesSimProcess
+) -> None:
+    """ "skip pre-existing refs when ref patterns change"."""
+    head = gitiles.push(PROJECT, MAIN)["new"]
+    for tag in ("foobar", "baz", "foobaz"):
+        gitiles.set_ref(PROJECT, f"refs/tags/{tag}", head)
+    poller = make_poller(tmp_path, gitiles, refs=["regexp:refs/tags/.*"])
+    state = {"refs": {"refs/tags/foobar": head}, "watched": ["regexp:refs/tags/foo.*"]}
+    poller.engine.store.put_kind_state(POLLER, {"repo": poller.repo, **state})
+    inv = poller.poll()
+    assert poller.emitted() == poller.ids("refs/tags/foobaz", head)
+    assert "Tag refs/tags/baz newly matched but already existed" in poller.log(inv)
+    refs = poller.engine.store.get_kind_state(POLLER)["refs"]
+    assert sorted(refs) == ["refs/tags/baz", "refs/tags/foobar", "refs/tags/foobaz"]
+
+
+def test_a_ref_moved_back_moves_the_state_and_emits_nothing(
+    tmp_path: Path, gitiles: GitilesSimProcess
+) -> None:
+    """ "force push going backwards": old..new is empty (the old head still visible, here from
+    another ref; unreachable, Gitiles answers 404 for it and that is a force push)."""
+    older, newer = gitiles.push(PROJECT, MAIN, 2)["commits"]
+    gitiles.set_ref(PROJECT, "refs/heads/keep", newer)
+    poller = make_poller(tmp_path, gitiles)
+    poller.poll()
+    gitiles.set_ref(PROJECT, MAIN, older, force=True)
+    inv = poller.poll()
+    assert inv.status is Status.SUCCEEDED
+    assert poller.emitted() == poller.ids(MAIN, newer)
+    assert poller.engine.store.get_kind_state(POLLER)["refs"] == {MAIN: older}
+
+
+def test_a_moved_ref_without_interesting_commits_moves_the_state_only(
+    tmp_path: Path, gitiles: GitilesSimProcess
+) -> None:
+    """ "Updated ref without matched commits"."""
+    gitiles.push(PROJECT, MAIN, files("must-match"))
+    poller = make_poller(tmp_path, gitiles, path_regexps=["must-match"])
+    poller.poll()
+    pushed = gitiles.push(PROJECT, MAIN, files("nope0", "nope1", "nope2"))
+    poller.poll()
+    assert len(poller.emitted()) == 1
+    assert poller.engine.store.get_kind_state(POLLER)["refs"] == {MAIN: pushed["new"]}
+
+
+def test_a_404_of_old_to_new_while_both_exist_is_a_fluke_retried(
+    tmp_path: Path, gitiles: GitilesSimProcess
+) -> None:
+    """ "race or fluke": log(old..new) 404 but log(old) and log(new) work: try again."""
+    first = gitiles.push(PROJECT, MAIN)["new"]
+    poller = make_poller(tmp_path, gitiles)
+    poller.poll()
+    pushed = gitiles.push(PROJECT, MAIN, 2)
+    gitiles.fail_next(1, 404, kind="log", contains="..")
+    inv = poller.poll()
+    assert inv.status is Status.SUCCEEDED and inv.attempt == 2
+    log = poller.log(inv)
+    assert f"weirdly, log({first}) and log({pushed['new']}) work" in log
+    assert poller.emitted() == poller.ids(MAIN, first, *pushed["commits"])
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
