@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from kinds import SleepKind
@@ -495,3 +496,32 @@ def test_only_pollers_may_run_more_often_than_a_minute() -> None:
     builder = {"id": "infra/b", "server": "x.example.com", "bucket": "ci", "builder": "b"}
     with pytest.raises(ConfigError, match=r'job "infra/b": field "schedule": .* at least 1m'):
         parse_jobs({"jobs": [{**builder, "schedule": "with 1s interval"}]}, "j", CONFIG_MODELS)
+
+
+def test_with_a_token_the_client_uses_the_authenticated_paths() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if "+log" in request.url.path:
+            return httpx.Response(500, text="boom")
+        return httpx.Response(200, content=b')]}\'\n{"main": {"value": "' + b"a" * 40 + b'"}}')
+
+    client = GitilesClient(
+        "https://x.googlesource.com", token=lambda: "t0k", transport=httpx.MockTransport(answer)
+    )
+    try:
+        assert client.refs("chromium/src", "refs/heads") == {MAIN: "a" * 40}
+        with pytest.raises(GitilesError) as error:
+            client.log("chromium/src", "b" * 40, "a" * 40, page_size=50, tree_diff=True)
+    finally:
+        client.close()
+    assert error.value.code == "INTERNAL" and error.value.transient
+    assert seen[0].headers["Authorization"] == "Bearer t0k"
+    assert str(seen[0].url) == (
+        "https://x.googlesource.com/a/chromium%2Fsrc/+refs%2Fheads?format=JSON"
+    )
+    assert str(seen[1].url) == (
+        "https://x.googlesource.com/a/chromium%2Fsrc/+log/"
+        f"{'a' * 40}..{'b' * 40}?format=JSON&n=50&name-status=1"
+    )
