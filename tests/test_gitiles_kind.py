@@ -26,7 +26,7 @@ from shepherd.config import ConfigError
 from shepherd.cron import run_schedules
 from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import Engine
-from shepherd.jobs import parse_jobs
+from shepherd.jobs import load_jobs, parse_jobs
 from shepherd.model import GitilesTrigger, Invocation, Status, TriggerRequest
 from shepherd.ports import Unavailable
 from shepherd.signing import TokenSigner
@@ -525,3 +525,31 @@ def test_with_a_token_the_client_uses_the_authenticated_paths() -> None:
         "https://x.googlesource.com/a/chromium%2Fsrc/+log/"
         f"{'a' * 40}..{'b' * 40}?format=JSON&n=50&name-status=1"
     )
+
+
+def test_the_interfaces_example_parses(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(
+        """
+[[jobs]]
+id = "chromium/Linux"
+server = "cr-buildbucket.appspot.com"
+bucket = "ci"
+builder = "Linux"
+
+[[jobs]]
+id = "chromium/src poller"
+kind = "gitiles"
+repo = "https://chromium.googlesource.com/chromium/src"
+refs = ["refs/heads/main", "regexp:refs/branch-heads/\\\\d+"]
+path_regexps = []
+schedule = "with 30s interval"
+triggers = ["chromium/Linux"]
+""",
+        encoding="utf-8",
+    )
+    job = load_jobs(path, CONFIG_MODELS).jobs["chromium/src poller"]
+    assert job.kind == "gitiles" and job.schedule is not None
+    assert job.schedule.interval_ns == 30 * SECOND
+    assert job.config.refs == ("refs/heads/main", "regexp:refs/branch-heads/\\d+")
+    assert job.config.triggers == ("chromium/Linux",)
