@@ -243,13 +243,13 @@ def trigger(
     ] = [],  # noqa: B006
     tag: Annotated[list[str], typer.Option(help="k:v")] = [],  # noqa: B006
     request_id: Annotated[
-        str | None, typer.Option(help="The same key twice starts one invocation.")
+        str | None, typer.Option(help="The trigger's id: the same one twice is one trigger.")
     ] = None,
     url: Url = DEFAULT_URL,
     trigger_url: TriggerUrl = None,
     api_url: ApiUrl = None,
 ) -> None:
-    """Start an invocation of JOB."""
+    """Trigger JOB: its triggering policy starts an invocation now or when a slot frees."""
     body: dict[str, Any] = {"job": job}
     gitiles = {"repo": repo, "ref": ref, "revision": commit}
     if any(gitiles.values()):

@@ -384,7 +384,8 @@ class FirestoreStore:
         if not job_ref.get().exists:
             # Contending transactions that would each create it wait on one another far
             # longer than ones that update it.
-            with contextlib.suppress(gexc.AlreadyExists):
+            # Aborted: a contending transaction holds it, so it is being made anyway.
+            with contextlib.suppress(gexc.AlreadyExists, gexc.Aborted):
                 job_ref.create({"state": json.dumps(JobState(job_id).to_dict())})
 
         @firestore.transactional
