@@ -361,3 +361,13 @@ def test_racing_triages_start_each_trigger_once(store: Store) -> None:
     ((inv, _),) = made[0].invocations
     assert {t.invocation_id for t in made[0].triggers} == {inv.id}
     assert store.get_job(JOB).active == (inv.id,)
+
+
+def test_a_kinds_state_is_kept_per_job_and_replaced_whole(store: Store) -> None:
+    assert store.get_kind_state("infra/poller") == {}
+    store.put_kind_state("infra/poller", {"refs": {"refs/heads/main": "a" * 40}, "n": [1]})
+    store.put_kind_state("infra/other poller", {"refs": {}})
+    assert store.get_kind_state("infra/poller") == {"refs": {"refs/heads/main": "a" * 40}, "n": [1]}
+    store.put_kind_state("infra/poller", {"refs": {"refs/heads/dev": "b" * 40}})
+    assert store.get_kind_state("infra/poller") == {"refs": {"refs/heads/dev": "b" * 40}}
+    assert store.get_kind_state("infra/other poller") == {"refs": {}}

@@ -131,6 +131,8 @@ class _Controller:
         self.next_attempt_ns = invocation.next_attempt_ns
         self.debug_log = DebugLog(engine.clock)
         self._timers: list[Timer] = []
+        self._emitted: list[Trigger] = []
+        self._kind_state: dict[str, Any] | None = None
         # While STARTING: when the next start task is due (None: a launch is in progress).
 
     def rebase(self, onto: Invocation) -> None:
@@ -179,10 +181,40 @@ class _Controller:
         now = self.now_ns()
         self._timers.append(Timer(tid, title, now, now + delay_ns, payload))
 
+    def emit_trigger(self, job_id: str, request: TriggerRequest | None = None) -> None:
+        # Counted over the invocation, so unique across its events; the same on a redelivery,
+        # which starts again from the same stored invocation.
+        n = len(self.saved.emitted_triggers) + len(self._emitted)
+        given = request.request_id if request is not None else None
+        tid = given or f"{self.job_id}:{self.invocation_id}:{n}"
+        refusal = self._engine.emit_refusal(job_id)
+        if refusal is not None:
+            self.debug_log.write(
+                LogKind.TRIGGER, f'Discarding the trigger {tid} for job "{job_id}": {refusal}'
+            )
+            return
+        self.debug_log.write(LogKind.TRIGGER, f'Emitting a trigger {tid} for job "{job_id}"')
+        carried = dataclasses.replace(
+            request or TriggerRequest(job_id=job_id), job_id=job_id, request_id=tid
+        )
+        self._emitted.append(Trigger(tid, job_id, self.now_ns(), carried, order=n))
+
+    def drop_emitted(self) -> None:
+        """Forgets the triggers emitted since the last commit (a launch that will be retried),
+        and the kind state that was to follow them."""
+        self._emitted = []
+        self._kind_state = None
+
     def prepare_topic(self, publisher: str) -> tuple[str, str]:
         kind = self._engine.kinds[self._job.kind]
         topic = self._engine.topic.prepare(kind.name, publisher)
         return topic, self._engine.signer.sign(self.job_id, self.invocation_id)
+
+    def get_kind_state(self) -> dict[str, Any]:
+        return self._engine.store.get_kind_state(self.job_id)
+
+    def put_kind_state(self, state: dict[str, Any]) -> None:
+        self._kind_state = dict(state)
 
     def consume_timer(self, tid: str) -> Timer | None:
         for t in self._pending:
@@ -210,6 +242,7 @@ class _Controller:
             pending_timers=tuple(self._pending),
             abort_requested=self.abort_requested,
             next_attempt_ns=self.next_attempt_ns if self.status is Status.STARTING else None,
+            emitted_triggers=before.emitted_triggers + tuple(self._emitted),
         )
         if after == before and not self.debug_log.entries and not self._timers:
             return
@@ -236,7 +269,15 @@ class _Controller:
         self.saved = after
         self._pending = list(after.pending_timers)
         self._timers = []
+        emitted, self._emitted = self._emitted, []
+        kind_state, self._kind_state = self._kind_state, None
         self._engine.queue.schedule([t.task(after.id) for t in new_timers])
+        if emitted:
+            self._engine.deliver_emitted(after, emitted)
+        if kind_state is not None:
+            # Only once every trigger it emitted is stored: deliver_emitted raises otherwise
+            # (the store unavailable), and the kind finds its old state and emits them again.
+            self._engine.store.put_kind_state(after.job_id, kind_state)
         if after.status.final and not before.status.final:
             self._engine.triage_after_finish(after.job_id, after.id)
 
@@ -451,6 +492,37 @@ class Engine:
         except (RetryLater, Unavailable) as e:
             logger.warning("triage of %s after an invocation ended: %s", job_id, e)
 
+    def emit_refusal(self, job_id: str) -> str | None:
+        """Why a trigger emitted for job `job_id` would be refused now, if it would."""
+        if self.jobs.job(job_id) is None:
+            return "the job is not in the job file"
+        state = self.store.get_job(job_id)
+        if state.paused:
+            return "the job is paused" + (f": {state.paused_reason}" if state.paused_reason else "")
+        return None
+
+    def deliver_emitted(self, emitter: Invocation, triggers: Sequence[Trigger]) -> None:
+        """Adds triggers `emitter` emitted to their jobs, through `trigger` (so their policies
+        apply), once the change that stores them has committed. Each id is stable, so adding
+        one again changes nothing. A job paused since (or gone from the job file) drops its
+        trigger with a log record; a store outage propagates, and the delivery that comes again
+        finds the invocation stale and adds them then (`_emit_again`)."""
+        for t in triggers:
+            try:
+                self.trigger(t.request, order=t.order)
+            except (JobPaused, UnknownJob, RetryLater) as e:
+                logger.warning(
+                    "trigger %s emitted by invocation %d for %s: %s", t.id, emitter.id, t.job_id, e
+                )
+        if triggers:
+            bind_invocation(emitter.job_id, emitter.id)  # `trigger` bound the target's
+
+    def _emit_again(self, inv: Invocation) -> None:
+        """A stale delivery may follow a crash between a commit and the delivery of the
+        triggers it stored: add them again (each once, by its id)."""
+        if inv.emitted_triggers:
+            self.deliver_emitted(inv, inv.emitted_triggers)
+
     def pause(self, job_id: str, reason: str = "") -> JobState:
         """Pauses the job: its pending triggers are discarded, new ones refused, its schedule
         stopped; running invocations go on."""
@@ -480,6 +552,12 @@ class Engine:
             logger.warning("task %s for unknown invocation %d", tid, invocation_id)
             return Outcome.IGNORED
         bind_invocation(inv.job_id, inv.id)
+        outcome = self._handle_task(inv, tid, name)
+        if outcome is Outcome.STALE:
+            self._emit_again(inv)
+        return outcome
+
+    def _handle_task(self, inv: Invocation, tid: str, name: str) -> Outcome:
         if name == START_TASK:
             return self._start(inv, tid)
         if inv.status.final:
@@ -531,6 +609,7 @@ class Engine:
             return Outcome.IGNORED
         bind_invocation(inv.job_id, inv.id)
         if inv.status.final:
+            self._emit_again(inv)
             return Outcome.STALE
         if inv.status is Status.STARTING:
             # The launch may still be running; touching the invocation now would collide.
@@ -780,6 +859,8 @@ class Engine:
         if transient and attempt >= LAUNCH_RETRY_LIMIT:
             error, transient = f"Too many retries, giving up (original error - {error})", False
         retrying = ctl.status is Status.STARTING and transient
+        if transient:
+            ctl.drop_emitted()  # the launch comes again, and emits again
         if retrying:
             ctl.debug_log.write(LogKind.RETRY, "The invocation will be retried")
             ctl.next_attempt_ns = self.clock.now_ns() + retry_delay(attempt)

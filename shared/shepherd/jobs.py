@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from .config import ConfigError
 from .durations import parse_duration
 from .policy import DEFAULT_POLICY, TriggeringPolicy, parse_policy
-from .schedule import Schedule, parse_schedule
+from .schedule import MIN_POLL_INTERVAL_NS, Schedule, check_interval, parse_schedule
 from .validation import Model, field
 
 _PROJECT = re.compile(r"^[a-z0-9_\-]+$")
@@ -23,13 +23,36 @@ _HOSTNAME = re.compile(
 )
 
 
-def _duration(value: Any) -> int:
+def go_duration(value: Any) -> int:
+    """A field's Go duration string ("90s", "1m30s"), in nanoseconds; never negative."""
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError('must be a Go duration string such as "90s" or "1m30s"')
     ns = parse_duration(value)
     if ns < 0:
         raise ValueError("must not be negative")
     return ns
+
+
+def valid_job_id(job_id: str) -> bool:
+    """Whether `job_id` has the form "<project>/<job name>"."""
+    project, _, name = job_id.partition("/")
+    return bool(_PROJECT.match(project) and _JOB_NAME.match(name))
+
+
+def _trigger_targets(value: tuple[str, ...]) -> tuple[str, ...]:
+    for target in value:
+        if not valid_job_id(target):
+            raise ValueError(f'"{target}" is not a job id ("<project>/<job name>")')
+    if len(set(value)) != len(value):
+        raise ValueError("a job must not be listed twice")
+    return value
+
+
+def triggers_field() -> Any:
+    """The `triggers = ["job id", ...]` field of a kind that emits triggers (noop, gitiles):
+    the jobs it triggers, each once. parse_jobs checks that each is in the file, for every
+    kind whose configuration has a `triggers` field."""
+    return field(default=(), after=_trigger_targets)
 
 
 def _hostname(value: str) -> str:
@@ -48,9 +71,9 @@ class ConfigModel(Protocol):
 
 @dataclass(frozen=True)
 class Settings(Model):
-    status_check_min: int = field(default=parse_duration("1m"), before=_duration)
-    status_check_max: int = field(default=parse_duration("10m"), before=_duration)
-    invocation_timeout: int = field(default=parse_duration("24h"), before=_duration)
+    status_check_min: int = field(default=parse_duration("1m"), before=go_duration)
+    status_check_max: int = field(default=parse_duration("10m"), before=go_duration)
+    invocation_timeout: int = field(default=parse_duration("24h"), before=go_duration)
     # The service's name: the `user_agent` tag and the project of embedded topic names.
     app_id: str = "shepherd"
     # "shepherd": trust the build a notification carries and check every status_check_max;
@@ -71,7 +94,8 @@ class Settings(Model):
 def _schedule(value: Any) -> Schedule:
     if not isinstance(value, str):
         raise ValueError('must be a cron expression or "with <duration> interval"')
-    return parse_schedule(value)
+    # The shortest any kind allows; parse_jobs holds other kinds than pollers to a minute.
+    return parse_schedule(value, MIN_POLL_INTERVAL_NS)
 
 
 @dataclass(frozen=True)
@@ -161,8 +185,13 @@ def parse_jobs(
         except ValueError as e:
             raise ConfigError(f"{source}: {label}: {_describe(e)}") from None
         label = f'job "{header.id}"'
-        project, _, name = header.id.partition("/")
-        if not _PROJECT.match(project) or not _JOB_NAME.match(name):
+        schedule = header.schedule
+        if schedule is not None and schedule.interval_ns is not None and header.kind != "gitiles":
+            try:
+                check_interval(schedule.text, schedule.interval_ns)
+            except ValueError as e:
+                raise ConfigError(f'{source}: {label}: field "schedule": {e}') from None
+        if not valid_job_id(header.id):
             raise ConfigError(
                 f'{source}: {label}: field "id": must be "<project>/<job name>" '
                 "(project: a-z 0-9 _ -; name: up to 100 of A-Z a-z 0-9 _ - . space ( ))"
@@ -186,7 +215,19 @@ def parse_jobs(
             schedule=header.schedule,
             triggering_policy=header.policy(),
         )
+    _check_trigger_targets(jobs, source)
     return JobsFile(settings=settings, jobs=jobs)
+
+
+def _check_trigger_targets(jobs: Mapping[str, Job], source: str) -> None:
+    """Every job a `triggers` field names is in the file (as LUCI's config validation)."""
+    for job in jobs.values():
+        for target in getattr(job.config, "triggers", ()):
+            if target not in jobs:
+                raise ConfigError(
+                    f'{source}: job "{job.id}": field "triggers": '
+                    f'referencing unknown job "{target}"'
+                )
 
 
 def load_jobs(path: str | Path, config_models: Mapping[str, ConfigModel]) -> JobsFile:

@@ -211,6 +211,9 @@ class Invocation:
     next_check_ns: int | None = None
     # The triggers it is made of, oldest first; its request is the newest one's.
     triggers: tuple[IncomingTrigger, ...] = ()
+    # The triggers it emitted for other jobs (Controller.emit_trigger), as its changes
+    # stored them: each is added to its job after the change that carries it commits.
+    emitted_triggers: tuple[Trigger, ...] = ()
 
     @property
     def incoming_triggers(self) -> tuple[IncomingTrigger, ...]:
@@ -238,6 +241,7 @@ class Invocation:
             "next_attempt_ns": self.next_attempt_ns,
             "next_check_ns": self.next_check_ns,
             "triggers": [t.to_dict() for t in self.triggers],
+            "emitted_triggers": [t.to_dict() for t in self.emitted_triggers],
         }
 
     @classmethod
@@ -260,6 +264,7 @@ class Invocation:
             next_attempt_ns=data.get("next_attempt_ns"),
             next_check_ns=data.get("next_check_ns"),
             triggers=tuple(IncomingTrigger.from_dict(t) for t in data.get("triggers", ())),
+            emitted_triggers=tuple(Trigger.from_dict(t) for t in data.get("emitted_triggers", ())),
         )
 
 

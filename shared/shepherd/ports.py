@@ -115,6 +115,18 @@ class Store(Protocol):
         must not do I/O."""
         ...
 
+    # --- a task kind's own state per job ---
+
+    def get_kind_state(self, job_id: str) -> dict[str, Any]:
+        """What the job's task kind kept between invocations (a poller's last seen commits);
+        {} if nothing yet."""
+        ...
+
+    def put_kind_state(self, job_id: str, state: dict[str, Any]) -> None:
+        """Replaces the job's kind state: one write, last writer wins (a job's polls run one
+        at a time, and a poll writes it only after its triggers are stored)."""
+        ...
+
 
 class TimerQueue(Protocol):
     """Delivers each task to `on_timer` at or after its ETA, at least once."""

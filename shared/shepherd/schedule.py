@@ -27,12 +27,22 @@ class Schedule:
         return int(previous.timestamp()) * SECOND
 
 
-def parse_schedule(text: str) -> Schedule:
+MIN_INTERVAL_NS = 60 * SECOND
+# A poller (kind "gitiles") may poll as often as every second (interfaces.md).
+MIN_POLL_INTERVAL_NS = SECOND
+
+
+def check_interval(text: str, interval_ns: int, minimum_ns: int = MIN_INTERVAL_NS) -> None:
+    if interval_ns < minimum_ns:
+        least = "1m" if minimum_ns == MIN_INTERVAL_NS else f"{minimum_ns // SECOND}s"
+        raise ValueError(f'the interval in "{text}" must be at least {least}')
+
+
+def parse_schedule(text: str, min_interval_ns: int = MIN_INTERVAL_NS) -> Schedule:
     """A Schedule, or ValueError saying what is wrong."""
     if m := _INTERVAL.match(text.strip()):
         interval = parse_duration(m[1])
-        if interval < 60 * SECOND:
-            raise ValueError(f'the interval in "{text}" must be at least 1m')
+        check_interval(text, interval, min_interval_ns)
         return Schedule(text, interval)
     from croniter import croniter
 

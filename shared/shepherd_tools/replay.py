@@ -106,7 +106,9 @@ class VirtualStack:
         self.queue = VirtualTimerQueue()
         rng = random.Random(scenario.seed)
         sim.configure({**scenario.simulator, "clock": "manual", "start_ns": scenario.start_ns})
-        servers = {job.config.server for job in self.jobs.jobs.values()}
+        servers = {
+            job.config.server for job in self.jobs.jobs.values() if job.kind == "buildbucket"
+        }
         self.client = PrpcBuildsClient(
             self.clock, endpoints={server: sim.url for server in servers}
         )

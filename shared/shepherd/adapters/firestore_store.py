@@ -12,7 +12,9 @@ Layout:
   terraform/firestore.indexes.json); triggers arrive as documents of their own, so adding one
   never contends with its job's document;
 - `jobs/{quoted job id}`: the job's state (`state`); a triage reads and writes it, its pending
-  triggers and its active invocations in one transaction.
+  triggers and its active invocations in one transaction;
+- `kind_state/{quoted job id}`: what a job's task kind keeps between invocations (`state`, JSON:
+  a Gitiles poller's last seen commit per ref), written apart from every transaction above.
 Job ids carry "/" and spaces, so they are percent-quoted wherever they name a document.
 
 Firestore's transient errors (unavailable, deadline, internal, exhausted, an abort outside the
@@ -44,6 +46,7 @@ from .google_errors import describe, transient_cause
 INVOCATIONS = "invocations"
 TRIGGERS = "triggers"
 JOBS = "jobs"
+KIND_STATE = "kind_state"
 LOG = "log"
 ACTIVE = [Status.STARTING.value, Status.RUNNING.value]
 VERSIONS_KEPT = 10_000
@@ -156,6 +159,7 @@ class FirestoreStore:
         self._invocations = client.collection(prefix + INVOCATIONS)
         self._triggers = client.collection(prefix + TRIGGERS)
         self._jobs = client.collection(prefix + JOBS)
+        self._kind_state = client.collection(prefix + KIND_STATE)
 
     def _doc(self, invocation_id: int) -> Any:
         return self._invocations.document(str(invocation_id))
@@ -341,6 +345,18 @@ class FirestoreStore:
         if not snapshot.exists:
             return JobState(job_id)
         return JobState.from_dict(json.loads(snapshot.get("state")))
+
+    @_translated
+    def get_kind_state(self, job_id: str) -> dict[str, Any]:
+        snapshot = self._kind_state.document(quote(job_id, safe="")).get()
+        self.stats.reads += 1
+        return dict(json.loads(snapshot.get("state"))) if snapshot.exists else {}
+
+    @_translated
+    def put_kind_state(self, job_id: str, state: dict[str, Any]) -> None:
+        doc = {"job_id": job_id, "state": json.dumps(state, sort_keys=True)}
+        self._kind_state.document(quote(job_id, safe="")).set(doc)
+        self.stats.writes += 1
 
     def _pending_query(self, job_id: str, limit: int) -> Any:
         return (

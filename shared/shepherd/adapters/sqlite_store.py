@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from ..model import Invocation, JobState, LogEntry, LogKind, Trigger
 from ..ports import ConflictError, StoreStats, TriagePlan, TriageView
@@ -53,6 +54,10 @@ CREATE INDEX IF NOT EXISTS triggers_pending ON triggers (job_id, created_ns, ord
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kind_state (
+    job_id TEXT PRIMARY KEY,
     data TEXT NOT NULL
 );
 """
@@ -264,6 +269,21 @@ class SqliteStore:
             found = db.execute("SELECT data FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         self.stats.reads += 1
         return JobState.from_dict(json.loads(found[0])) if found else JobState(job_id)
+
+    def get_kind_state(self, job_id: str) -> dict[str, Any]:
+        with self._transaction() as db:
+            found = db.execute("SELECT data FROM kind_state WHERE job_id = ?", (job_id,)).fetchone()
+        self.stats.reads += 1
+        return dict(json.loads(found[0])) if found else {}
+
+    def put_kind_state(self, job_id: str, state: dict[str, Any]) -> None:
+        with self._transaction(write=True) as db:
+            db.execute(
+                "INSERT INTO kind_state (job_id, data) VALUES (?, ?)"
+                " ON CONFLICT (job_id) DO UPDATE SET data = excluded.data",
+                (job_id, json.dumps(state, sort_keys=True)),
+            )
+        self.stats.writes += 1
 
     def triage(
         self,

@@ -20,6 +20,10 @@ The contract of a task kind, for whoever writes a new one:
   FAILED (an abort still ends ABORTED).
 - Lost races are the engine's business: if another event committed first, the commit fails and
   the whole event is delivered again, so handlers may run more than once for one change.
+- Triggers for other jobs (`ctl.emit_trigger`) are stored with the event's change and added to
+  their jobs only once it commits; their ids are stable across redeliveries of the event, so a
+  handler that runs twice for one change emits once. Emit once the outcome is known: what a
+  launch emitted is dropped when it raises `TransientError`.
 """
 
 from __future__ import annotations
@@ -95,11 +99,31 @@ class Controller(Protocol):
         where `examine_notification` finds it."""
         ...
 
+    def emit_trigger(self, job_id: str, request: TriggerRequest | None = None) -> None:
+        """Triggers job `job_id` (LUCI's EmitTrigger) once this event's change is stored, as
+        `POST /trigger` would: its triggering policy applies. `request` carries what the
+        trigger brings (commit, properties, tags; its job_id is replaced by `job_id`); its
+        `request_id`, if set, is the trigger's id, else the engine makes one that is stable
+        across redeliveries (`<job id>:<invocation id>:<n>`, n counting the invocation's
+        emitted triggers). A job that is paused or not in the job file is skipped, with a
+        debug-log line."""
+        ...
+
     def now_ns(self) -> int: ...
 
     def save(self) -> None:
         """Stores what was done so far before a slow call; best effort (a conflict surfaces
         when the engine commits at the end of the event)."""
+        ...
+
+    def get_kind_state(self) -> dict[str, Any]:
+        """What this job's kind kept with `put_kind_state` ({} if nothing yet)."""
+        ...
+
+    def put_kind_state(self, state: dict[str, Any]) -> None:
+        """Replaces this job's kind state once this event's change is stored and every trigger
+        it emitted is added to its job; not at all if any of those fails (nor after a launch
+        that raised `TransientError`)."""
         ...
 
 
