@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from types import TracebackType
 from typing import Any
 
-import httpx
+from ..process import ServerProcess
 
 Json = dict[str, Any]
 
@@ -20,51 +17,12 @@ class GitilesSimError(RuntimeError):
         self.status = status
 
 
-class GitilesSimProcess:
+class GitilesSimProcess(ServerProcess):
     """`with GitilesSimProcess() as gitiles:` starts `python -m shepherd_tools.gitiles_sim` on a
     free port; `gitiles.repo_url("chromium/src")` is the repo URL a gitiles job polls."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self._host = host
-        self._proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self._http = httpx.Client(timeout=30)
-
-    def __enter__(self) -> GitilesSimProcess:
-        command = [sys.executable, "-m", "shepherd_tools.gitiles_sim", "--host", self._host]
-        self._proc = subprocess.Popen(
-            [*command, "--port", "0"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline().strip()
-        if not line.startswith("listening on "):
-            self.close()
-            raise RuntimeError(f"the Gitiles simulator did not start: {line!r}")
-        self.url = line.removeprefix("listening on ")
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            if self._proc.stdout is not None:
-                self._proc.stdout.close()
-            self._proc = None
+    module = "shepherd_tools.gitiles_sim"
+    name = "Gitiles simulator"
 
     def repo_url(self, project: str) -> str:
         return f"{self.url}/{project}"
