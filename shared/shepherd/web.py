@@ -162,8 +162,8 @@ def _invocation_id(text: str) -> int:
 def trigger(request: Request) -> Response:
     _require(request, "POST")
     # A browser may send a text/plain body to another site unasked: not to this one.
-    if (refused := cross_origin(request.headers, _hosts(request))) is not None:
-        return _error(403, refused)
+    if (refused := _from_another_site(request)) is not None:
+        return refused
     body = TriggerBody.model_validate(_body(request))
     try:
         done = get_service().engine.trigger(body.to_request())
@@ -272,8 +272,8 @@ def api(request: Request) -> Response:
         action = parts[2] if len(parts) == 3 else ""
         if action == "abort":
             _require(request, "POST")
-            if (refused := cross_origin(request.headers, _hosts(request))) is not None:
-                return _error(403, refused)
+            if (refused := _from_another_site(request)) is not None:
+                return refused
             try:
                 inv = get_service().engine.abort(invocation_id)
             except UnknownInvocation:
@@ -323,9 +323,8 @@ def _jobs(request: Request, parts: list[str]) -> Response:
         return _answer(200, TriggerView.of(found))
     if action in ("pause", "resume", "abort") and len(rest) == 1:
         _require(request, "POST")
-        refused = cross_origin(request.headers, _hosts(request))
-        if refused is not None:
-            return _error(403, refused)
+        if (refused := _from_another_site(request)) is not None:
+            return refused
         if request.mimetype in SIMPLE_CONTENT_TYPES:
             return _job_form_post(request, job_id, action)
         reason = ""
@@ -377,6 +376,12 @@ def _job_act(job_id: str, action: str, reason: str) -> None:
         engine.resume(job_id)
     else:
         engine.abort_job(job_id)
+
+
+def _from_another_site(request: Request) -> Response | None:
+    """A 403 for a browser's request made by another site's page; None for any other."""
+    why = cross_origin(request.headers, _hosts(request))
+    return None if why is None else _error(403, why)
 
 
 def _hosts(request: Request) -> set[str]:
