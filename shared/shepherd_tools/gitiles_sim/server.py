@@ -12,16 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
+from ..httpserver import QuietHandler, serve
 from .repo import (
     HEX,
     Commit,
@@ -660,26 +660,20 @@ class SimServer(ThreadingHTTPServer):
         self.sim = sim
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: SimServer
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         if self.path.split("?", 1)[0] == "/sim/state":
             self._json(200, self.server.sim.state())
             return
-        self._send(self.server.sim.get(self.path, self.headers.get("Host", "localhost")))
+        self._answer(self.server.sim.get(self.path, self.headers.get("Host", "localhost")))
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
+        raw = self._body()
         path = self.path.split("?", 1)[0]
         if not path.startswith("/sim/"):
-            self._send(Answer(405, b"Gitiles answers GET only\n"))
+            self._answer(Answer(405, b"Gitiles answers GET only\n"))
             return
         try:
             try:
@@ -690,21 +684,8 @@ class Handler(BaseHTTPRequestHandler):
         except GitError as e:
             self._json(e.status, {"error": str(e)})
 
-    def _json(self, status: int, body: Json) -> None:
-        self._send(Answer(status, json.dumps(body).encode(), "application/json"))
-
-    def _send(self, answer: Answer) -> None:
-        self.send_response(answer.status)
-        self.send_header("Content-Type", answer.content_type)
-        self.send_header("Content-Length", str(len(answer.body)))
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(answer.body)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    def _answer(self, answer: Answer) -> None:
+        self._send(answer.status, answer.body, answer.content_type, answer.headers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -719,15 +700,4 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    print(f"listening on http://{args.host}:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        server.server_close()
-    return 0
+    return serve(server, args.host)

@@ -12,12 +12,11 @@ import contextlib
 import json
 import queue
 import random
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from shepherd.durations import parse_duration
 from shepherd.grpc_codes import Code, RpcError
 from shepherd.timestamps import format_rfc3339
 
+from ..httpserver import QuietHandler, serve
 from . import validation, wire
 from .pb.buildbucket.proto import build_pb2, builds_service_pb2, common_pb2
 
@@ -619,15 +619,8 @@ class SimServer(ThreadingHTTPServer):
         self.sim = sim
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     server: SimServer
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes: without TCP_NODELAY each answer waits ~40 ms
-    # for the client's delayed ACK.
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         sim = self.server.sim
@@ -645,8 +638,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found\n", "text/plain")
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
+        raw = self._body()
         path = self.path.split("?", 1)[0]
         parts = path.split("/")
         if len(parts) == 4 and parts[1] == "prpc":
@@ -701,24 +693,6 @@ class Handler(BaseHTTPRequestHandler):
         except AdminError as e:
             self._json(e.status, {"error": str(e)})
 
-    def _json(self, status: int, body: Json) -> None:
-        self._send(status, json.dumps(body).encode(), "application/json")
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -739,16 +713,4 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     threading.Thread(target=sim.run_clock, name="sim-clock", daemon=True).start()
     threading.Thread(target=push_forever, args=(sim.sink,), name="sim-push", daemon=True).start()
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    print(f"listening on http://{args.host}:{server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        sim.close()
-        server.server_close()
-    return 0
+    return serve(server, args.host, on_close=sim.close)
