@@ -161,3 +161,23 @@ class TaskKind(Protocol):
         """Stops the task on the remote side, best effort; the engine then sets ABORTED (or
         FAILED on a timeout) whatever the kind did. Must be idempotent."""
         ...
+
+
+class NoNotifications:
+    """For a kind that no build server notifies: every notification is someone else's."""
+
+    def examine_notification(self, message: PubSubMessage) -> str | None:
+        return None
+
+    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
+        raise TaskError("not implemented")
+
+
+class LaunchOnly(NoNotifications):
+    """For a kind whose work is over when its launch returns: no timers, nothing to abort."""
+
+    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
+        raise TaskError("not implemented")
+
+    def abort(self, ctl: Controller) -> None:
+        pass

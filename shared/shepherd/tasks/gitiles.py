@@ -14,14 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from ..adapters.gitiles_rest import Commit, GitilesClient, GitilesError
 from ..jobs import ConfigModel, triggers_field
-from ..model import GitilesTrigger, LogKind, PubSubMessage, Status, TriggerRequest
+from ..model import GitilesTrigger, LogKind, Status, TriggerRequest
 from ..validation import Model, field
-from .base import Controller, TaskError, TransientError
+from .base import Controller, LaunchOnly, TaskError, TransientError
 from .buildbucket import normalize_repo_url
 
 MAX_TRIGGERS_PER_INVOCATION = 100  # defaultMaxTriggersPerInvocation
@@ -231,7 +231,7 @@ def _default_client(host_url: str) -> GitilesClient:
     return GitilesClient(host_url)
 
 
-class GitilesKind:
+class GitilesKind(LaunchOnly):
     name: ClassVar[str] = "gitiles"
     config_model: ClassVar[ConfigModel] = GitilesConfig
 
@@ -418,15 +418,3 @@ class GitilesKind:
             f"but not log({old_head}..{new_head})"
         )
         raise _transient(error)
-
-    def examine_notification(self, message: PubSubMessage) -> str | None:
-        return None
-
-    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
-        raise TaskError("not implemented")
-
-    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
-        raise TaskError("not implemented")
-
-    def abort(self, ctl: Controller) -> None:
-        pass

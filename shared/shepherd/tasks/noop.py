@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from ..durations import format_duration
 from ..jobs import go_duration, triggers_field
-from ..model import LogKind, PubSubMessage, Status, TriggerRequest
+from ..model import LogKind, Status, TriggerRequest
 from ..validation import Model, field
-from .base import Controller, TaskError
+from .base import Controller, NoNotifications
 
 WAKE_UP_TIMER = "noop-wake-up"
 
@@ -23,7 +23,7 @@ class NoopConfig(Model):
     triggers: tuple[str, ...] = triggers_field()
 
 
-class NoopKind:
+class NoopKind(NoNotifications):
     """Succeeds after `sleep` (a timer, so no handler waits), then emits one trigger to each
     job in `triggers`. LUCI's noop sleeps inside its launch, 20 s when unset; here an unset
     sleep is none."""
@@ -39,12 +39,6 @@ class NoopKind:
             return
         ctl.status = Status.RUNNING
         ctl.add_timer(sleep, WAKE_UP_TIMER)
-
-    def examine_notification(self, message: PubSubMessage) -> str | None:
-        return None
-
-    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
-        raise TaskError("not implemented")
 
     def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
         if name == WAKE_UP_TIMER and ctl.status is Status.RUNNING:

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 from ..durations import SECOND, format_duration
 from ..jobs import go_duration
-from ..model import LogKind, PubSubMessage, Status
+from ..model import LogKind, Status
 from ..validation import Model, field
-from .base import Controller, TaskError
+from .base import Controller, LaunchOnly
 from .buildbucket import LOCAL_HOSTS
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def _describe(error: Exception, url: str) -> str:
     return f'Get "{url}": {str(error) or type(error).__name__}'
 
 
-class UrlFetchKind:
+class UrlFetchKind(LaunchOnly):
     """One GET at launch: 2xx → SUCCEEDED, any other answer → FAILED, and so is no answer
     (refused, timed out: LUCI retries nothing either). The debug log has LUCI's lines."""
 
@@ -183,15 +183,3 @@ class UrlFetchKind:
         else:
             ctl.debug_log.write(LogKind.INFO, dump_answer(answer))
         ctl.status = status
-
-    def examine_notification(self, message: PubSubMessage) -> str | None:
-        return None
-
-    def handle_notification(self, ctl: Controller, message: PubSubMessage) -> None:
-        raise TaskError("not implemented")
-
-    def handle_timer(self, ctl: Controller, name: str, payload: dict[str, Any] | None) -> None:
-        raise TaskError("not implemented")
-
-    def abort(self, ctl: Controller) -> None:
-        pass  # the fetch is over when the launch ends: nothing to stop
