@@ -707,6 +707,10 @@ class Engine:
             result.timers += len(due)
         self.queue.schedule(tasks)
         for job_id in self.jobs.jobs:
+            # Reconciling reads every active invocation of the job: worth it only when a
+            # trigger waits (an ended invocation's slot matters to nothing else).
+            if not self.store.list_pending(job_id, 1):
+                continue
             try:
                 result.started += len(self.triage(job_id, reconcile=True))
             except RetryLater:
