@@ -318,7 +318,8 @@ class Simulator:
     def __init__(self, config: Json | None = None) -> None:
         self._lock = threading.Condition(threading.RLock())
         self._closed = False
-        self.sink: queue.Queue[tuple[str, Json]] = queue.Queue()
+        # None, put by close(), ends push_forever.
+        self.sink: queue.Queue[tuple[str, Json] | None] = queue.Queue()
         self.configure(config or {})
 
     def configure(self, raw: Json) -> None:
@@ -532,6 +533,7 @@ class Simulator:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+        self.sink.put(None)
 
     def _find(self, build_id: int) -> Build:
         build = self._builds.get(build_id)
@@ -602,10 +604,10 @@ def deliver(client: httpx.Client, url: str, body: Json) -> bool:
     return False
 
 
-def push_forever(sink: queue.Queue[tuple[str, Json]]) -> None:
+def push_forever(sink: queue.Queue[tuple[str, Json] | None]) -> None:
     with httpx.Client(timeout=10) as client:
-        while True:
-            url, body = sink.get()
+        while (item := sink.get()) is not None:
+            url, body = item
             # A broken sink (bad URL, odd answers) must never take the simulator down.
             with contextlib.suppress(Exception):
                 deliver(client, url, body)
@@ -711,6 +713,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 1
-    threading.Thread(target=sim.run_clock, name="sim-clock", daemon=True).start()
-    threading.Thread(target=push_forever, args=(sim.sink,), name="sim-push", daemon=True).start()
-    return serve(server, args.host, on_close=sim.close)
+    threads = [
+        threading.Thread(target=sim.run_clock, name="sim-clock", daemon=True),
+        threading.Thread(target=push_forever, args=(sim.sink,), name="sim-push", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+
+    def close() -> None:
+        # Joined, not left to die with the interpreter: a daemon thread still running during
+        # finalization made the process exit with SIGSEGV now and then.
+        sim.close()
+        for thread in threads:
+            thread.join(timeout=15)
+
+    return serve(server, args.host, on_close=close)
