@@ -92,6 +92,70 @@ def test_interval_schedule_waits_after_the_previous_end(tmp_path: Path) -> None:
     assert actions(built, clock) == ["not due"]
 
 
+def invocations(built: Engine) -> list[str]:
+    return [str(i.status) for i in reversed(built.store.list_invocations("infra/nap"))]
+
+
+def test_interval_ticks_come_through_the_queue_without_scheduler_ticks(tmp_path: Path) -> None:
+    built, clock, queue = engine(tmp_path, schedule="with 30m interval")
+    assert actions(built, clock) == ["triggered"]  # the first tick: the scheduler's
+    for _ in range(3):
+        run_due(built, clock, queue)
+        clock.advance(10 * MINUTE)
+        run_due(built, clock, queue)  # finished: its tick is in the queue for +30m
+        clock.advance(30 * MINUTE - SECOND)
+        run_due(built, clock, queue)
+        assert invocations(built)[-1] == "SUCCEEDED"  # not yet
+        clock.advance(SECOND)
+        run_due(built, clock, queue)
+        assert invocations(built)[-1] != "SUCCEEDED"
+    assert len(invocations(built)) == 4
+    assert actions(built, clock) == ["not due"]  # the queue's tick and the scheduler's are one
+
+
+def test_a_tick_task_twice_or_after_another_run_starts_nothing(tmp_path: Path) -> None:
+    built, clock, queue = engine(tmp_path, schedule="with 30m interval")
+    actions(built, clock)
+    run_due(built, clock, queue)
+    clock.advance(10 * MINUTE)
+    run_due(built, clock, queue)
+    (first,) = built.store.list_invocations("infra/nap")
+    clock.advance(30 * MINUTE)
+    (tick,) = queue.pop_due(clock.now_ns())
+    assert built.handle_task(tick.invocation_id, tick.timer_id, tick.name).value == "handled"
+    assert built.handle_task(tick.invocation_id, tick.timer_id, tick.name).value == "stale"
+    assert len(invocations(built)) == 2
+    run_due(built, clock, queue)
+    clock.advance(10 * MINUTE)
+    run_due(built, clock, queue)  # the second one ended: the first one's tick is old news
+    assert built.handle_task(first.id, tick.timer_id, tick.name).value == "stale"
+    assert invocations(built) == ["SUCCEEDED", "SUCCEEDED"]
+
+
+def test_a_lost_tick_task_is_caught_by_the_scheduler_tick(tmp_path: Path) -> None:
+    built, clock, queue = engine(tmp_path, schedule="with 30m interval")
+    actions(built, clock)
+    run_due(built, clock, queue)
+    clock.advance(10 * MINUTE)
+    run_due(built, clock, queue)
+    clock.advance(31 * MINUTE)
+    assert [t.name for t in queue.pop_due(clock.now_ns())] == ["schedule-tick"]  # dropped
+    assert actions(built, clock) == ["triggered"]
+
+
+def test_a_paused_job_ignores_its_tick_task(tmp_path: Path) -> None:
+    built, clock, queue = engine(tmp_path, schedule="with 30m interval")
+    actions(built, clock)
+    run_due(built, clock, queue)
+    clock.advance(10 * MINUTE)
+    run_due(built, clock, queue)
+    built.pause("infra/nap")
+    clock.advance(30 * MINUTE)
+    (tick,) = queue.pop_due(clock.now_ns())
+    assert built.handle_task(tick.invocation_id, tick.timer_id, tick.name).value == "ignored"
+    assert invocations(built) == ["SUCCEEDED"]
+
+
 @pytest.mark.parametrize("text", ["nope", "with 30s interval", "with soon interval", "61 * * * *"])
 def test_bad_schedules_are_refused_naming_the_field(text: str) -> None:
     with pytest.raises(ValueError):

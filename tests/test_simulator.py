@@ -210,9 +210,14 @@ def test_lifecycle_in_manual_mode_with_notifications(http: httpx.Client) -> None
     assert first["attributes"] == {**BUILDER, "is_completed": "false", "version": "v2"}
     assert first["publishTime"] == format_rfc3339(started)
     # As notification.go makes it: input properties move into zlib-compressed buildLargeFields.
-    # Its input stays, emptied, as Go's protojson writes a non-nil empty message.
+    # Its input stays, emptied, as Go's protojson writes a non-nil empty message; the build's
+    # tags (not in GetBuild's default fields) come along.
+    tags = [{"key": "builder", "value": "Windows deterministic"}]
     assert second["data"] == {
-        "buildPubsub": {"build": final | {"input": {}}, "buildLargeFields": second_large(second)},
+        "buildPubsub": {
+            "build": final | {"tags": tags, "input": {}},
+            "buildLargeFields": second_large(second),
+        },
         "userData": USER_DATA,
     }
     large = json_format.MessageToDict(large_fields(second["data"]))
@@ -266,6 +271,25 @@ def test_fault_header_is_fourteen(http: httpx.Client) -> None:
     assert response.status_code == 503
 
 
+def test_a_build_gets_its_tags_as_schedule_build_sets_them(http: httpx.Client) -> None:
+    manual(http)
+    tags = [{"key": "user_agent", "value": "shepherd"}, {"key": "a", "value": "1"}]
+    schedule(http, gitilesCommit=COMMIT, tags=tags)
+    schedule(http, gitilesCommit={k: v for k, v in COMMIT.items() if k != "id"}, requestId="2")
+    with_id, without_id = [b["tags"] for b in http.get("/sim/state").json()["builds"]]
+    assert with_id == [
+        {"key": "a", "value": "1"},
+        {"key": "builder", "value": "Windows deterministic"},
+        {
+            "key": "buildset",
+            "value": f"commit/gitiles/{COMMIT['host']}/{COMMIT['project']}/+/{COMMIT['id']}",
+        },
+        {"key": "gitiles_ref", "value": "refs/heads/main"},
+        {"key": "user_agent", "value": "shepherd"},
+    ]
+    assert [t["key"] for t in without_id] == ["builder", "gitiles_ref"]  # no id: no buildset
+
+
 def test_cancel_build(http: httpx.Client) -> None:
     manual(http)
     build = schedule(http, notify={"pubsubTopic": TOPIC})
@@ -279,7 +303,10 @@ def test_cancel_build(http: httpx.Client) -> None:
     (message,) = later["published"]
     assert message["attributes"]["is_completed"] == "true"
     assert message["data"] == {
-        "buildPubsub": {"build": canceled, "buildLargeFields": second_large(message)}
+        "buildPubsub": {
+            "build": canceled | {"tags": [{"key": "builder", "value": "Windows deterministic"}]},
+            "buildLargeFields": second_large(message),
+        }
     }
     assert later["next_event_ns"] is None
     assert rpc(http, "CancelBuild", {"id": build["id"], "summaryMarkdown": "again"}) == canceled

@@ -1,22 +1,18 @@
 """The scheduler tick: triggers each scheduled job that is due, exactly once per tick.
 
 Called every minute (Cloud Scheduler in production, `shepherd dev` locally), possibly twice:
-each tick is a trigger whose id names the tick, so a second call adds nothing. A tick that
-comes while the job is busy waits in its pending set, as any trigger does; a paused job's
-schedule is stopped.
+each tick is a trigger whose id names the tick, so a second call adds nothing. An interval
+schedule's ticks also come through the timer queue, `interval` after each invocation ends
+(`Engine.tick_tasks`), so they may be seconds apart; this tick starts the first and catches up
+one whose task was lost. A tick that comes while the job is busy waits in its pending set, as
+any trigger does; a paused job's schedule is stopped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .durations import MINUTE
 from .engine import Engine, JobPaused
-from .jobs import Job
-from .model import TriggerRequest
-
-# A tick missed by less than this (a late or failed scheduler call) still runs; older ones don't.
-CATCH_UP_NS = 10 * MINUTE
 
 
 @dataclass(frozen=True)
@@ -38,30 +34,6 @@ class TickResult:
         return out
 
 
-def _due_request(engine: Engine, job: Job, now_ns: int) -> tuple[str | None, str]:
-    """(request id of the due tick, or None with the reason)."""
-    assert job.schedule is not None
-    recent = engine.store.list_invocations(job.id, limit=max(10, job.max_concurrent_invocations))
-    running = [inv for inv in recent if not inv.status.final]
-    if job.schedule.interval_ns is not None:
-        if running:
-            return None, f"invocation {running[0].id} still runs"
-        if not recent:
-            return "interval:first", ""
-        last = recent[0]
-        assert last.finished_ns is not None
-        if now_ns < last.finished_ns + job.schedule.interval_ns:
-            return None, "interval not over"
-        return f"interval:after:{last.id}", ""
-    tick = job.schedule.latest_tick(now_ns)
-    if now_ns - tick > CATCH_UP_NS:
-        return None, "no tick in the last 10 minutes"
-    request_id = f"cron:{tick}"
-    if engine.store.get_trigger(job.id, request_id) is not None:
-        return None, "this tick already triggered"
-    return request_id, ""
-
-
 def run_schedules(engine: Engine, now_ns: int) -> list[TickResult]:
     results = []
     for job in engine.jobs.jobs.values():
@@ -70,16 +42,12 @@ def run_schedules(engine: Engine, now_ns: int) -> list[TickResult]:
         if engine.store.get_job(job.id).paused:
             results.append(TickResult(job.id, "skipped", "the job is paused"))
             continue
-        request_id, reason = _due_request(engine, job, now_ns)
+        request_id, reason = engine.due_tick(job, now_ns)
         if request_id is None:
             results.append(TickResult(job.id, "not due", reason))
             continue
         try:
-            done = engine.trigger(
-                TriggerRequest(
-                    job_id=job.id, tags=(f"scheduler_tick:{request_id}",), request_id=request_id
-                )
-            )
+            done = engine.tick(job.id, request_id)
         except JobPaused:
             results.append(TickResult(job.id, "skipped", "the job is paused"))
             continue

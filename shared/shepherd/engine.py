@@ -56,6 +56,9 @@ from .tasks.base import TaskKind, TransientError
 logger = logging.getLogger(__name__)
 
 START_TASK = "start-invocation"
+# An interval-scheduled job's next tick, handed to the queue when an invocation ends: its
+# schedule runs at the queue's pace, not only on the scheduler's minute ticks.
+TICK_TASK = "schedule-tick"
 ABORT_TIMER = "abort-invocation"  # the engine's own timer: retries a cancel that failed
 LAUNCH_RETRY_LIMIT = 50
 # LUCI's launch queue (scheduler/appengine/queue.yaml): min_backoff 5s, max_backoff 10m.
@@ -80,6 +83,8 @@ SWEEP_LIMIT = 500  # per tick; the rest, earliest first, on the next ones
 TRIAGE_WRITES = 400
 # How long a launch in progress may take before the sweep hands its start again.
 START_GRACE_NS = 5 * MINUTE
+# A cron tick missed by less than this (a late or failed scheduler call) still runs.
+CATCH_UP_NS = 10 * MINUTE
 
 
 class Outcome(StrEnum):
@@ -271,7 +276,10 @@ class _Controller:
         self._timers = []
         emitted, self._emitted = self._emitted, []
         kind_state, self._kind_state = self._kind_state, None
-        self._engine.queue.schedule([t.task(after.id) for t in new_timers])
+        tasks = [t.task(after.id) for t in new_timers]
+        if after.status.final and not before.status.final:
+            tasks += self._engine.tick_tasks(after)
+        self._engine.queue.schedule(tasks)
         if emitted:
             self._engine.deliver_emitted(after, emitted)
         if kind_state is not None:
@@ -560,6 +568,8 @@ class Engine:
     def _handle_task(self, inv: Invocation, tid: str, name: str) -> Outcome:
         if name == START_TASK:
             return self._start(inv, tid)
+        if name == TICK_TASK:
+            return self._tick_after(inv)
         if inv.status.final:
             return Outcome.STALE
         ctl, kind = self._controller(inv)
@@ -718,6 +728,71 @@ class Engine:
         if overdue or result.started:
             logger.info("sweep: %s", result.to_json())
         return result
+
+    # --- schedules ------------------------------------------------------------------------
+
+    def due_tick(self, job: Job, now_ns: int) -> tuple[str | None, str]:
+        """The request id of the job's schedule tick due at `now_ns`, or None with the reason.
+        An interval tick is due `interval` after the last invocation ended, none running; a
+        cron tick at its time, or up to CATCH_UP_NS later (a late or failed scheduler call)."""
+        assert job.schedule is not None
+        recent = self.store.list_invocations(job.id, limit=max(10, job.max_concurrent_invocations))
+        running = [inv for inv in recent if not inv.status.final]
+        if job.schedule.interval_ns is not None:
+            if running:
+                return None, f"invocation {running[0].id} still runs"
+            if not recent:
+                return "interval:first", ""
+            last = recent[0]
+            assert last.finished_ns is not None
+            if now_ns < last.finished_ns + job.schedule.interval_ns:
+                return None, "interval not over"
+            return f"interval:after:{last.id}", ""
+        tick = job.schedule.latest_tick(now_ns)
+        if now_ns - tick > CATCH_UP_NS:
+            return None, "no tick in the last 10 minutes"
+        request_id = f"cron:{tick}"
+        if self.store.get_trigger(job.id, request_id) is not None:
+            return None, "this tick already triggered"
+        return request_id, ""
+
+    def tick(self, job_id: str, request_id: str) -> Triggered:
+        """Triggers the job for its schedule's tick `request_id` (the same tick twice is one
+        trigger)."""
+        return self.trigger(
+            TriggerRequest(
+                job_id=job_id, tags=(f"scheduler_tick:{request_id}",), request_id=request_id
+            )
+        )
+
+    def tick_tasks(self, ended: Invocation) -> list[QueuedTask]:
+        """The queue task that ticks an interval-scheduled job when `ended`'s interval is
+        over. Best effort, as every hand-off after a commit: the scheduler's minute tick
+        triggers a tick whose task was lost."""
+        job = self.jobs.job(ended.job_id)
+        if job is None or job.schedule is None or job.schedule.interval_ns is None:
+            return []
+        assert ended.finished_ns is not None
+        eta = ended.finished_ns + job.schedule.interval_ns
+        return [QueuedTask(ended.id, f"{ended.job_id}:{ended.id}:tick", TICK_TASK, eta)]
+
+    def _tick_after(self, ended: Invocation) -> Outcome:
+        job = self.jobs.job(ended.job_id)
+        if job is None or job.schedule is None or ended.finished_ns is None:
+            return Outcome.IGNORED
+        interval = job.schedule.interval_ns
+        if interval is None:
+            return Outcome.IGNORED  # the job's schedule became a cron one
+        # At the task's ETA at the earliest, whatever this clock says.
+        now = max(self.clock.now_ns(), ended.finished_ns + interval)
+        request_id, _ = self.due_tick(job, now)
+        if request_id != f"interval:after:{ended.id}":
+            return Outcome.STALE  # another invocation ran or runs since: it arms its own tick
+        try:
+            self.tick(job.id, request_id)
+        except JobPaused:
+            return Outcome.IGNORED
+        return Outcome.HANDLED
 
     def next_check_ns(self, inv: Invocation) -> int | None:
         """When the invocation next needs the queue: its earliest timer, its start task while

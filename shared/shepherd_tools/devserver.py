@@ -139,8 +139,9 @@ def ensure_push_subscription(topic: str, endpoint: str) -> str:
 
 
 class SchedulerTicker:
-    """Calls /scheduler at the start of every minute, as Cloud Scheduler does when deployed:
-    the cron schedules and the sweep."""
+    """Calls /scheduler at start, then at the start of every minute as Cloud Scheduler does
+    when deployed: the cron schedules and the sweep. (An interval schedule's later ticks come
+    through the timer queue.)"""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -156,11 +157,13 @@ class SchedulerTicker:
 
     def _run(self) -> None:
         with httpx.Client(timeout=60) as client:
-            while not self._stop.wait(60 - time.time() % 60):
+            wait = 0.0
+            while not self._stop.wait(wait):
                 try:
                     client.post(self._url)
                 except httpx.HTTPError as e:
                     logger.warning("scheduler tick failed: %s", e)
+                wait = 60 - time.time() % 60
 
 
 def serve(config: Config, host: str, port: int) -> int:

@@ -252,8 +252,24 @@ class Build:
     def topic(self) -> str:
         return self.request.notify.pubsub_topic
 
-    def to_proto(self, *, properties: bool = False) -> build_pb2.Build:
-        """The build as GetBuild's default fields show it; with its input properties if asked."""
+    def tags(self) -> list[common_pb2.StringPair]:
+        """The build's tags as ScheduleBuild sets them (setTags in luci-go's
+        buildbucket/appengine/rpc/schedule_build.go): the request's, plus `builder`, and
+        `buildset` and `gitiles_ref` from its gitiles commit; sorted by key."""
+        pairs = [(t.key, t.value) for t in self.request.tags]
+        pairs.append(("builder", self.builder.builder))
+        commit = self.request.gitiles_commit
+        if self.request.HasField("gitiles_commit"):
+            if commit.host and commit.project and commit.id:
+                buildset = f"commit/gitiles/{commit.host}/{commit.project}/+/{commit.id}"
+                pairs.append(("buildset", buildset))
+            pairs.append(("gitiles_ref", commit.ref))
+        pairs.sort(key=lambda pair: pair[0])
+        return [common_pb2.StringPair(key=k, value=v) for k, v in pairs]
+
+    def to_proto(self, *, full: bool = False) -> build_pb2.Build:
+        """The build as GetBuild's default fields show it; `full`: with its tags and input
+        properties too, as notifications carry it."""
         build = build_pb2.Build(
             id=self.id,
             builder=self.builder,
@@ -269,12 +285,14 @@ class Build:
             build.end_time.CopyFrom(_timestamp(self.end_ns))
         if self.request.HasField("gitiles_commit"):
             build.input.gitiles_commit.CopyFrom(self.request.gitiles_commit)
-        if properties and self.request.HasField("properties"):
-            build.input.properties.CopyFrom(self.request.properties)
+        if full:
+            build.tags.extend(self.tags())
+            if self.request.HasField("properties"):
+                build.input.properties.CopyFrom(self.request.properties)
         return build
 
     def to_json(self) -> Json:
-        return wire.encode(self.to_proto())
+        return wire.encode(self.to_proto(full=True))
 
 
 BATCH_METHODS = {
@@ -572,7 +590,7 @@ class Simulator:
         if not build.topic or self._rng.random() < self.config.drop_notifications:
             return
         self._message_id += 1
-        data = wire.notification(build.to_proto(properties=True), build.request.notify.user_data)
+        data = wire.notification(build.to_proto(full=True), build.request.notify.user_data)
         completed = common_pb2.Status.Value(build.status) & common_pb2.ENDED_MASK
         message = {
             "data": data,
