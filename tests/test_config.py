@@ -36,6 +36,7 @@ EVERYTHING = {
     "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
     "SHEPHERD_STORE_TIMEOUT": "1500ms",
     "SHEPHERD_FUNCTIONS_SOURCE": "/src/functions/main.py",
+    "SHEPHERD_GITILES_AUTH": "anonymous",
     "SHEPHERD_SWEEP_MARGIN": "90s",
 }
 
@@ -59,6 +60,7 @@ def test_every_variable_is_read() -> None:
         store_timeout_ns=1500 * MILLISECOND,
         functions_source=Path("/src/functions/main.py"),
         sweep_margin_ns=90 * SECOND,
+        gitiles_auth="anonymous",
     )
     assert config.on_timer_url == "https://on-timer-xyz.a.run.app"
 
@@ -93,6 +95,7 @@ def test_the_secret_never_shows_in_its_repr() -> None:
         ("SHEPHERD_TASKS_QUEUE", "status-checks", '"projects/P/locations/L/queues/Q"'),
         ("SHEPHERD_TOPIC", "projects/p/subscriptions/s", 'must be "projects/P/topics/T"'),
         ("SHEPHERD_BUILDBUCKET_ACCOUNT", "buildbucket", "must be a service account email"),
+        ("SHEPHERD_GITILES_AUTH", "oauth", 'must be "token" or "anonymous", not "oauth"'),
     ],
 )
 def test_bad_values_are_refused_in_one_line(name: str, value: str, message: str) -> None:
@@ -127,6 +130,19 @@ def test_the_service_is_built_from_the_config_alone(tmp_path: Path) -> None:
     # Without a secret, the embedded defaults generate a key beside the state.
     build_service(Config(jobs=jobs, state=state))
     assert (state.parent / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_gitiles_is_read_with_a_token_where_a_cloud_project_is_set(tmp_path: Path) -> None:
+    from shepherd.service import _gitiles_clients
+
+    assert Config.from_env({}).gitiles_auth == "anonymous"
+    assert Config.from_env({"GOOGLE_CLOUD_PROJECT": "p"}).gitiles_auth == "token"
+    for auth, https_authenticated in (("token", True), ("anonymous", False)):
+        clients = _gitiles_clients(Config(gitiles_auth=auth))
+        https, local = clients("https://x.googlesource.com"), clients("http://127.0.0.1:9")
+        assert (https.authenticated, local.authenticated) == (https_authenticated, False)
+        https.close()
+        local.close()
 
 
 def test_cloud_tasks_identity_checks_tokens_for_the_configured_url() -> None:

@@ -527,6 +527,22 @@ def test_with_a_token_the_client_uses_the_authenticated_paths() -> None:
     )
 
 
+def test_no_token_is_a_clear_error_not_a_crash() -> None:
+    def no_credentials() -> str:
+        raise RuntimeError("Your default credentials were not found")
+
+    client = GitilesClient("https://x.googlesource.com", token=no_credentials)
+    try:
+        with pytest.raises(GitilesError) as error:
+            client.refs("chromium/src", "refs/heads")
+    finally:
+        client.close()
+    assert error.value.code == "UNAUTHENTICATED" and not error.value.transient
+    assert "no OAuth token for https://x.googlesource.com/a: Your default credentials" in str(
+        error.value
+    )
+
+
 def test_the_interfaces_example_parses(tmp_path: Path) -> None:
     path = tmp_path / "jobs.toml"
     path.write_text(

@@ -3,6 +3,7 @@ impersonated Buildbucket account; refusals; the server's publisher account."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -15,6 +16,7 @@ import pytest
 from localstack import serving, write_jobs
 from shepherd.adapters.buildbucket_prpc import (
     EMAIL_SCOPE,
+    GERRIT_SCOPE,
     GoogleAccessToken,
     ImpersonatedAccessToken,
     PrpcBuildsClient,
@@ -272,6 +274,16 @@ def test_the_publisher_account_is_asked_of_the_server_once() -> None:
         assert client.publisher_account(url) == "bb@example.com"
         assert client.publisher_account(url) == "bb@example.com"
     assert asked == ["/auth/api/v1/server/info"] * 2
+
+
+def test_gitiles_tokens_are_scoped_for_gerrit(google: tuple[str, FakeGoogle]) -> None:
+    _, fake = google
+    token = GoogleAccessToken((GERRIT_SCOPE, EMAIL_SCOPE))
+    assert token() == "source-token"
+    (refresh,) = fake.refreshes
+    claims = refresh["assertion"].split(".")[1]
+    scopes = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["scope"]
+    assert scopes.split() == [GERRIT_SCOPE, EMAIL_SCOPE]
 
 
 def test_the_default_credentials_name_their_service_account(

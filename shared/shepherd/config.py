@@ -22,6 +22,7 @@ from .logs import FORMATS, JSON, TEXT
 DEFAULT_STATE = ".shepherd/state.db"
 DEFAULT_TIMER_URL = "http://127.0.0.1:8080/on-timer"
 MIN_SECRET_BYTES = 16
+GITILES_AUTH = ("token", "anonymous")
 
 _QUEUE = re.compile(r"^projects/[^/]+/locations/[^/]+/queues/[^/]+$")
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
@@ -59,6 +60,10 @@ class Config:
     # SHEPHERD_SWEEP_MARGIN: how late a status check must be before the scheduler tick's sweep
     # takes it for lost and hands it again; None: the engine's default (1 minute).
     sweep_margin_ns: int | None = None
+    # SHEPHERD_GITILES_AUTH: "token" (https Gitiles read through its authenticated /a/ paths
+    # with an OAuth token of the application default credentials, as LUCI reads it) or
+    # "anonymous"; by default a token where a cloud project is set, anonymous elsewhere.
+    gitiles_auth: str = "anonymous"
 
     @property
     def on_timer_url(self) -> str:
@@ -93,6 +98,13 @@ class Config:
         log_format = _env("SHEPHERD_LOG_FORMAT") or (JSON if _env("K_SERVICE") else TEXT)
         if log_format not in FORMATS:
             raise ConfigError(f'SHEPHERD_LOG_FORMAT must be "json" or "text", not "{log_format}"')
+        gitiles_auth = _env("SHEPHERD_GITILES_AUTH") or (
+            "token" if _env("GOOGLE_CLOUD_PROJECT") else "anonymous"
+        )
+        if gitiles_auth not in GITILES_AUTH:
+            raise ConfigError(
+                f'SHEPHERD_GITILES_AUTH must be "token" or "anonymous", not "{gitiles_auth}"'
+            )
         state = _env("SHEPHERD_STATE")
         source = _env("SHEPHERD_FUNCTIONS_SOURCE")
         return cls(
@@ -114,6 +126,7 @@ class Config:
             functions_source=Path(source) if source else None,
             log_format=log_format,
             sweep_margin_ns=_duration("SHEPHERD_SWEEP_MARGIN", _env("SHEPHERD_SWEEP_MARGIN")),
+            gitiles_auth=gitiles_auth,
         )
 
 

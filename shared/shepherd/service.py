@@ -15,7 +15,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .adapters.buildbucket_prpc import ImpersonatedAccessToken, PrpcBuildsClient
+from .adapters.buildbucket_prpc import (
+    EMAIL_SCOPE,
+    GERRIT_SCOPE,
+    GoogleAccessToken,
+    ImpersonatedAccessToken,
+    PrpcBuildsClient,
+)
+from .adapters.gitiles_rest import GitilesClient
 from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
 from .auth import OidcAuth, SharedTokenAuth, TimerAuth, timer_token
@@ -145,6 +152,19 @@ def _builds_client(config: Config, clock: Clock) -> PrpcBuildsClient:
     return PrpcBuildsClient(clock, token=token, token_over_http=False)
 
 
+def _gitiles_clients(config: Config) -> Callable[[str], GitilesClient]:
+    """Gitiles clients by host URL: https hosts read with a token when SHEPHERD_GITILES_AUTH
+    says so (the /a/ paths, as LUCI reads them), local http simulators always anonymously."""
+    token = (
+        GoogleAccessToken((GERRIT_SCOPE, EMAIL_SCOPE)) if config.gitiles_auth == "token" else None
+    )
+
+    def client(host_url: str) -> GitilesClient:
+        return GitilesClient(host_url, token=token if host_url.startswith("https://") else None)
+
+    return client
+
+
 def build_service(config: Config) -> Service:
     configure_logs(config.log_format, config.project)
     jobs_path = required(config.jobs, "SHEPHERD_JOBS")
@@ -168,7 +188,7 @@ def build_service(config: Config) -> Service:
     rng = random.Random()
     engine = Engine(
         jobs=jobs,
-        kinds=make_kinds(_builds_client(config, clock), rng),
+        kinds=make_kinds(_builds_client(config, clock), rng, _gitiles_clients(config)),
         store=store,
         queue=queue,
         topic=topic,

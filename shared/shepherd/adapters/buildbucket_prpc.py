@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock
@@ -54,6 +54,8 @@ def _decode(response: httpx.Response) -> dict[str, Any]:
 
 
 EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
+# What LUCI asks for to read Gitiles and Gerrit.
+GERRIT_SCOPE = "https://www.googleapis.com/auth/gerritcodereview"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 IAM_CREDENTIALS_URL = "https://iamcredentials.googleapis.com"
 
@@ -62,7 +64,8 @@ class GoogleAccessToken:
     """The function's own identity, as Buildbucket expects callers: an OAuth access token
     from the application default credentials, refreshed when it expires."""
 
-    def __init__(self) -> None:
+    def __init__(self, scopes: Sequence[str] = (EMAIL_SCOPE,)) -> None:
+        self._scopes = list(scopes)
         self._credentials: Any = None
         self._lock = threading.Lock()
 
@@ -77,7 +80,7 @@ class GoogleAccessToken:
     def _make(self) -> Any:
         import google.auth
 
-        credentials, _ = google.auth.default(scopes=[EMAIL_SCOPE])
+        credentials, _ = google.auth.default(scopes=self._scopes)
         return credentials
 
     def __call__(self) -> str:

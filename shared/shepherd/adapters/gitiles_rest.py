@@ -97,13 +97,24 @@ class GitilesClient:
         # Go's http.Client follows redirects (Gitiles redirects X~n to its commit id).
         self._http = httpx.Client(timeout=timeout_s, follow_redirects=True, transport=transport)
 
+    @property
+    def authenticated(self) -> bool:
+        return self._token is not None
+
     def close(self) -> None:
         self._http.close()
+
+    def _bearer(self) -> str:
+        assert self._token is not None
+        try:
+            return self._token()
+        except Exception as e:  # google.auth's errors: no credentials, a refused refresh
+            raise GitilesError("UNAUTHENTICATED", f"no OAuth token for {self._base}: {e}") from e
 
     def _get(self, path: str, query: dict[str, str]) -> Any:
         url = f"{self._base}/{path.removeprefix('/')}"
         url += "?" + urlencode(sorted({**query, "format": "JSON"}.items()))
-        headers = {"Authorization": f"Bearer {self._token()}"} if self._token else {}
+        headers = {"Authorization": f"Bearer {self._bearer()}"} if self._token else {}
         try:
             response = self._http.get(url, headers=headers)
         except httpx.TimeoutException as e:
