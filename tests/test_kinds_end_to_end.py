@@ -1,6 +1,7 @@
-"""A Gitiles poller and a Buildbucket job in a real `shepherd dev`, against both simulators, on
-the embedded stack and on the emulators: a pushed commit becomes a build of that commit, and
-commits pushed while a build runs become one next build, of the newest."""
+"""The task kinds in a real `shepherd dev`, on the embedded stack and on the emulators: a Gitiles
+poller and a Buildbucket job against both simulators (a pushed commit becomes a build of that
+commit; commits pushed while a build runs become one next build, of the newest), and a noop
+that triggers a url_fetch."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import pytest
 
 from emulators import Emulator, clear_firestore, emulator_env
-from localstack import FINAL, DevProcess
+from localstack import FINAL, DevProcess, serving
 from shepherd.durations import SECOND
 from shepherd.timestamps import parse_rfc3339
 from shepherd_tools.gitiles_sim.control import GitilesSimProcess
@@ -67,31 +70,41 @@ triggers = ["{BUILDER}"]
     return path
 
 
+@dataclass
+class Where:
+    """A stack to run `shepherd dev` on: "embedded", or "emulators" (Firestore, Cloud Tasks
+    and Pub/Sub)."""
+
+    name: str
+    env: dict[str, str]
+    publish_to: str  # where Buildbucket publishes ("" : shepherd dev's embedded Pub/Sub)
+
+
 @pytest.fixture(params=["embedded", "emulators"])
+def where(request: pytest.FixtureRequest) -> Where:
+    if request.param == "embedded":
+        return Where("embedded", {}, "")
+    firestore: Emulator = request.getfixturevalue("firestore_emulator")
+    pubsub: Emulator = request.getfixturevalue("pubsub_emulator")
+    tasks: Emulator = request.getfixturevalue("tasks_emulator")
+    clear_firestore(firestore.host)
+    env = emulator_env(firestore.host, pubsub.host, tasks.host, "kinds-e2e")
+    return Where("emulators", env, f"http://{pubsub.host}")
+
+
+@pytest.fixture
 def stack(
-    request: pytest.FixtureRequest,
-    sim: SimulatorProcess,
-    gitiles: GitilesSimProcess,
-    tmp_path: Path,
+    where: Where, sim: SimulatorProcess, gitiles: GitilesSimProcess, tmp_path: Path
 ) -> Iterator[tuple[DevProcess, GitilesSimProcess, SimulatorProcess]]:
     gitiles.reset()
     gitiles.create_repo(PROJECT)
     gitiles.push(PROJECT, MAIN)
     jobs = write_jobs(tmp_path / "jobs.toml", sim.url, gitiles.repo_url(PROJECT))
-    env: dict[str, str] = {}
-    publish_to = ""
-    if request.param == "emulators":
-        firestore: Emulator = request.getfixturevalue("firestore_emulator")
-        pubsub: Emulator = request.getfixturevalue("pubsub_emulator")
-        tasks: Emulator = request.getfixturevalue("tasks_emulator")
-        clear_firestore(firestore.host)
-        env = emulator_env(firestore.host, pubsub.host, tasks.host, "poller-e2e")
-        publish_to = f"http://{pubsub.host}"
     # Configured before shepherd dev starts (its first poll may start a build at once), so the
     # port is chosen first.
     port = free_port()
-    sim.configure({"publish_url": publish_to or f"http://127.0.0.1:{port}", "script": BUILD})
-    dev = DevProcess(tmp_path, jobs, env).start(port)
+    sim.configure({"publish_url": where.publish_to or f"http://127.0.0.1:{port}", "script": BUILD})
+    dev = DevProcess(tmp_path, jobs, where.env).start(port)
     try:
         yield dev, gitiles, sim
     finally:
@@ -194,3 +207,54 @@ def test_pushed_commits_become_builds(
     ]
     for before, after in itertools.pairwise(polls_run):
         assert parse_rfc3339(after["created"]) - parse_rfc3339(before["finished"]) >= SECOND
+
+
+class Fetched(BaseHTTPRequestHandler):
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        Fetched.paths.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_noop_triggers_a_url_fetch(where: Where, tmp_path: Path) -> None:
+    """noop's sleep is a timer (Cloud Tasks on the emulators); its trigger goes through the
+    store to the url_fetch job, whose one GET is its outcome."""
+    Fetched.paths.clear()
+    with serving(Fetched) as url:
+        jobs = tmp_path / "jobs.toml"
+        jobs.write_text(
+            f"""[[jobs]]
+id = "infra/nap"
+kind = "noop"
+sleep = "2s"
+triggers = ["infra/fetch"]
+
+[[jobs]]
+id = "infra/fetch"
+kind = "url_fetch"
+url = "{url}/ping"
+""",
+            encoding="utf-8",
+        )
+        dev = DevProcess(tmp_path, jobs, where.env).start()
+        try:
+            response = dev.http.post(dev.url + "/trigger", json={"job": "infra/nap"})
+            assert response.status_code == 202, response.text
+            nap = dev.wait_for(response.json()["invocation_id"], FINAL)
+            deadline = time.monotonic() + 30  # its trigger is delivered right after its end
+            while not (fetches := invocations(dev, "infra/fetch")) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            (fetch,) = fetches
+            fetch = dev.wait_for(fetch["id"], FINAL)
+        finally:
+            dev.stop()
+    assert (nap["status"], fetch["status"]) == ("SUCCEEDED", "SUCCEEDED")
+    assert parse_rfc3339(nap["finished"]) - parse_rfc3339(nap["started"]) >= 2 * SECOND
+    assert [t["id"] for t in fetch["triggers"]] == [f"infra/nap:{nap['id']}:0"]
+    assert Fetched.paths == ["/ping"]
