@@ -86,6 +86,8 @@ class Controller(Protocol):
     status: Status
     view_url: str
     task_data: dict[str, Any]
+    # An abort was asked (it may still be completing): what it cancelled must not run again.
+    abort_requested: bool
 
     def add_timer(self, delay_ns: int, title: str, payload: dict[str, Any] | None = None) -> None:
         """A later call to `handle_timer(title, payload)`. Timers cannot be cancelled (ignore

@@ -114,6 +114,33 @@ def _tags(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+# The build statuses a rerun may follow (never SUCCESS).
+RERUNNABLE = ("FAILURE", "INFRA_FAILURE", "CANCELED")
+MAX_RERUNS = 10
+
+
+def _rerun_on(value: tuple[str, ...]) -> tuple[str, ...]:
+    for status in value:
+        if status not in RERUNNABLE:
+            raise ValueError(f'"{status}" is not one of {", ".join(RERUNNABLE)}')
+    if len(set(value)) != len(value):
+        raise ValueError("lists a status twice")
+    return value
+
+
+@dataclass(frozen=True)
+class Reruns(Model):
+    """`reruns = {max = 2, on = ["INFRA_FAILURE"]}`: a build that ends with a status in `on`
+    is scheduled again within its invocation, at most `max` times."""
+
+    max: int = field(default=0, minimum=0, maximum=MAX_RERUNS)
+    on: tuple[str, ...] = field(default=(), after=_rerun_on)
+
+    def check(self) -> None:
+        if self.max > 0 and not self.on:
+            raise ValueError(f'"on" must list at least one of {", ".join(RERUNNABLE)}')
+
+
 @dataclass(frozen=True)
 class BuildbucketConfig(Model):
     """A job's `kind = "buildbucket"` fields."""
@@ -123,6 +150,7 @@ class BuildbucketConfig(Model):
     builder: str = field(minLength=1)
     properties: dict[str, Any] = field(default_factory=dict, after=_finite)
     tags: tuple[str, ...] = field(default=(), after=_tags)
+    reruns: Reruns = field(default_factory=Reruns)
 
 
 def server_url(server: str) -> str:
@@ -462,6 +490,13 @@ class BuildbucketKind:
         self._rng = rng or random.Random()
 
     def launch(self, ctl: Controller) -> None:
+        self._schedule(ctl, rerun=0)
+        self._check_later(ctl)
+
+    def _schedule(self, ctl: Controller, rerun: int) -> None:
+        """ScheduleBuild: the invocation's build (rerun 0), or its `rerun`th rerun, whose
+        requestId is its own (so a retried event asks for the same build again) and whose
+        `rerun_of` tag names the build before it."""
         cfg: BuildbucketConfig = ctl.config
         request = build_schedule_request(
             cfg,
@@ -472,6 +507,10 @@ class BuildbucketKind:
             hostname=ctl.settings.hostname,
             debug_log=ctl.debug_log,
         )
+        builds = list(ctl.task_data.get("builds", ()))
+        if rerun:
+            request["requestId"] = f"{ctl.invocation_id}-rerun-{rerun}"
+            request["tags"].append({"key": "rerun_of", "value": builds[-1]["id"]})
         url = server_url(cfg.server)
         ctl.debug_log.write(LogKind.INFO, f"Preparing PubSub topic for {go_quote(url)}")
         try:
@@ -484,8 +523,8 @@ class BuildbucketKind:
         ctl.debug_log.write(LogKind.REQUEST, "Buildbucket request:\n" + json_block(request))
         # The token goes in only after the request was logged: it must not reach the log.
         request["notify"]["userData"] = base64.b64encode(token.encode()).decode("ascii")
-        ctl.save()
-
+        if not rerun:
+            ctl.save()  # an event handler keeps nothing of a try that raises: no save there
         try:
             build = self._api.schedule_build(cfg.server, request)
         except RpcError as e:
@@ -497,14 +536,17 @@ class BuildbucketKind:
         ctl.debug_log.write(
             LogKind.BUILD, "Scheduled build:\n" + json_block(build), call=SCHEDULE_BUILD
         )
-        ctl.task_data = {"build_id": str(build["id"]), "update_time": build.get("updateTime")}
         ctl.status = Status.RUNNING
         ctl.view_url = f"{url}/build/{build['id']}"
+        builds.append({"id": str(build["id"]), "status": "", "view_url": ctl.view_url})
+        ctl.task_data = {
+            "build_id": str(build["id"]),
+            "update_time": build.get("updateTime"),
+            "builds": builds,
+        }
         ctl.debug_log.write(LogKind.INFO, f"Task URL: {ctl.view_url}")
         # A retried request with the same requestId may find the build finished already.
-        if (final := invocation_status(build, ctl.debug_log)) is not None:
-            ctl.status = final
-        self._check_later(ctl)
+        self._take_status(ctl, build, invocation_status(build, ctl.debug_log))
 
     def examine_notification(self, message: PubSubMessage) -> str | None:
         if token := message.attributes.get("auth_token"):
@@ -606,12 +648,33 @@ class BuildbucketKind:
         if "updateTime" in build:
             ctl.task_data = {**ctl.task_data, "update_time": build["updateTime"]}
         if (final := invocation_status(build, ctl.debug_log)) is not None:
-            ctl.status = final
             ctl.debug_log.write(LogKind.BUILD, "Build:\n" + json_block(build), call=call)
         else:
             ctl.debug_log.write(
                 LogKind.BUILD_STATUS, f"Build status: {build_status(build)}", call=call
             )
+        self._take_status(ctl, build, final)
+
+    def _take_status(self, ctl: Controller, build: dict[str, Any], final: Status | None) -> None:
+        """The build's status becomes the invocation's once `final`, unless the job reruns it."""
+        status = build_status(build)
+        builds = ctl.task_data.get("builds")
+        if builds:  # an invocation stored before builds were listed has none
+            latest = {**builds[-1], "status": status}
+            ctl.task_data = {**ctl.task_data, "builds": [*builds[:-1], latest]}
+        if final is None:
+            return
+        reruns: Reruns = ctl.config.reruns
+        done = max(len(builds or ()) - 1, 0)
+        if status in reruns.on and done < reruns.max and not ctl.abort_requested:
+            ctl.debug_log.write(
+                LogKind.INFO,
+                f"Build {build['id']} ended with status {status}, which reruns.on lists: "
+                f"rerun {done + 1} of at most {reruns.max}",
+            )
+            self._schedule(ctl, rerun=done + 1)
+            return
+        ctl.status = final
 
     def _check_status(self, ctl: Controller) -> None:
         if ctl.status is Status.STARTING:

@@ -86,6 +86,36 @@ class AdminError(Exception):
 class Step:
     status: str
     for_ns: int | None
+    # A last step may leave its status to each build: `outcomes` is a list (the builder's nth
+    # build ends with the nth, the last one repeating) or weights to draw from (the seed's rng).
+    outcomes: tuple[str, ...] | dict[str, float] | None = None
+
+    def resolved(self, nth: int, rng: random.Random) -> Step:
+        if isinstance(self.outcomes, tuple):
+            return Step(self.outcomes[min(nth, len(self.outcomes) - 1)], None)
+        if isinstance(self.outcomes, dict):
+            names, weights = zip(*self.outcomes.items(), strict=True)
+            return Step(rng.choices(names, weights)[0], None)
+        return self
+
+
+def _parse_outcomes(raw: Any, where: str) -> tuple[str, ...] | dict[str, float]:
+    names = list(raw) if isinstance(raw, list | dict) else []
+    if not names or any(n not in FINAL_STATUSES for n in names):
+        raise ValueError(
+            f"{where}: 'outcomes' is a non-empty list of final statuses, or weights by final "
+            f"status ({', '.join(sorted(FINAL_STATUSES))})"
+        )
+    if isinstance(raw, list):
+        return tuple(raw)
+    weights = {name: raw[name] for name in names}
+    if any(
+        isinstance(w, bool) or not isinstance(w, int | float) or w < 0 for w in weights.values()
+    ):
+        raise ValueError(f"{where}: outcome weights must be non-negative numbers")
+    if not sum(weights.values()):
+        raise ValueError(f"{where}: outcome weights must not all be 0")
+    return {name: float(w) for name, w in weights.items()}
 
 
 @dataclass
@@ -94,6 +124,7 @@ class Fault:
     code: Code
     times: int
     http_status: int | None = None  # answered raw, without X-Prpc-Grpc-Code
+    after: int = 0  # calls of the method that go through before the fault starts
 
 
 class RawHttpRefusal(RpcError):
@@ -137,8 +168,14 @@ def _parse_script(raw: Any, where: str) -> list[Step]:
     steps = []
     for i, item in enumerate(raw):
         last = i == len(raw) - 1
+        if last and isinstance(item, dict) and set(item) == {"outcomes"}:
+            steps.append(Step("", None, _parse_outcomes(item["outcomes"], f"{where}[{i}]")))
+            continue
         if not isinstance(item, dict) or set(item) - {"status", "for"}:
-            raise ValueError(f'{where}[{i}]: a step is {{"status": NAME, "for": DURATION}}')
+            raise ValueError(
+                f'{where}[{i}]: a step is {{"status": NAME, "for": DURATION}} (the last one: '
+                'no "for", or {"outcomes": ...})'
+            )
         status = item.get("status")
         if not isinstance(status, str) or status not in STATUS_NAMES:
             names = ", ".join(STATUS_NAMES)
@@ -167,9 +204,9 @@ def parse_config(raw: Any) -> Config:
     for i, item in enumerate(_get(raw, "faults", list, [])):
         if not isinstance(item, dict) or not isinstance(item.get("method"), str):
             raise ValueError(f"faults[{i}]: needs a method")
-        times = _get(item, "times", int, 1)
-        if times < 0:
-            raise ValueError(f"faults[{i}]: negative times")
+        times, after = _get(item, "times", int, 1), _get(item, "after", int, 0)
+        if times < 0 or after < 0:
+            raise ValueError(f"faults[{i}]: negative times or after")
         http_status = _get(item, "http_status", int, None)
         if http_status is not None:
             if http_status not in RAW_REFUSALS or "code" in item:
@@ -177,9 +214,10 @@ def parse_config(raw: Any) -> Config:
                     f"faults[{i}]: http_status is 401 or 403 (answered without a gRPC code), "
                     "and takes no code"
                 )
-            faults.append(Fault(item["method"], RAW_REFUSALS[http_status], times, http_status))
-            continue
-        faults.append(Fault(item["method"], Code.parse(item.get("code", "UNAVAILABLE")), times))
+            code = RAW_REFUSALS[http_status]
+        else:
+            code = Code.parse(item.get("code", "UNAVAILABLE"))
+        faults.append(Fault(item["method"], code, times, http_status, after))
     drop = _get(raw, "drop_notifications", (int, float), 0)
     if not 0 <= drop <= 1:
         raise ValueError("config 'drop_notifications': must be within 0..1")
@@ -421,6 +459,9 @@ class Simulator:
         for fault in self.config.faults:
             wildcard = "*" if method != SERVER_INFO else None
             if fault.times > 0 and fault.method in (method, wildcard):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 fault.times -= 1
                 if fault.http_status is not None:
                     raise RawHttpRefusal(fault.http_status)
@@ -447,12 +488,14 @@ class Simulator:
         key = (builder.project, builder.bucket, builder.builder)
         number = self._numbers.get(key, self.config.first_build_number)
         self._numbers[key] = number + 1
+        script = self.config.scripts.get(builder.builder, self.config.script)
+        nth = number - self.config.first_build_number
         build = Build(
             id=self._next_id,
             builder=builder,
             number=number,
             create_ns=now,
-            script=self.config.scripts.get(builder.builder, self.config.script),
+            script=[*script[:-1], script[-1].resolved(nth, self._rng)],
             request=request,
         )
         self._next_id -= 1
