@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from localstack import FINAL, QUICK, DevProcess
 from shepherd.jobs import ConfigError, parse_jobs
 from shepherd.model import Invocation, Status
 from shepherd.tasks.registry import CONFIG_MODELS
@@ -185,3 +186,55 @@ def test_bad_reruns_are_refused_naming_the_field(reruns: dict[str, Any], message
     job = {"id": "a/b", "server": "x.example.com", "bucket": "ci", "builder": "b"}
     with pytest.raises(ConfigError, match=f'job "a/b": {message}'):
         parse_jobs({"jobs": [{**job, "reruns": reruns}]}, "jobs.toml", CONFIG_MODELS)
+
+
+# --- POST /api/invocations/<id>/rerun ----------------------------------------------------------
+
+
+@pytest.mark.stack
+def test_rerun_by_hand_makes_a_trigger_of_the_newest_one(
+    sim: SimulatorProcess, dev: DevProcess
+) -> None:
+    sim.configure({"publish_url": dev.url, "script": [*QUICK, {"status": "FAILURE"}]})
+    first = dev.trigger(request_id="by-hand-1", properties={"n": 1})
+    running = dev.http.post(f"{dev.url}/api/invocations/{first}/rerun")
+    assert running.status_code == 409 and "not finished" in running.json()["error"]
+    assert dev.wait_for(first, FINAL)["status"] == "FAILED"
+
+    answer = dev.http.post(f"{dev.url}/api/invocations/{first}/rerun")
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["trigger_id"].startswith(f"rerun:{first}:") and body["invocation_id"]
+    second = dev.wait_for(body["invocation_id"], FINAL)
+    assert [t["id"] for t in second["triggers"]] == [body["trigger_id"]]
+    sent = [
+        json.loads(line.split("\n", 1)[1])
+        for line in dev.log_lines(body["invocation_id"])
+        if line.startswith("Buildbucket request:")
+    ]
+    assert sent[0]["properties"]["n"] == 1  # the newest trigger's, again
+    assert dev.http.get(dev.url + body["url"]).json()["status"] == "STARTED"
+
+    # Named by the caller, a retried call is one trigger.
+    named = [
+        dev.http.post(f"{dev.url}/api/invocations/{first}/rerun", json={"request_id": "again"})
+        for _ in range(2)
+    ]
+    assert [a.status_code for a in named] == [202, 202]
+    assert named[0].json()["trigger_id"] == named[1].json()["trigger_id"] == "again"
+    assert named[0].json()["invocation_id"] == named[1].json()["invocation_id"]
+
+
+@pytest.mark.stack
+def test_rerun_refusals(dev: DevProcess) -> None:
+    def post(path: str, **kwargs: Any) -> tuple[int, str]:
+        answer = dev.http.post(dev.url + path, **kwargs)
+        return answer.status_code, answer.json()["error"]
+
+    assert post("/api/invocations/42/rerun") == (404, "no invocation 42")
+    assert post("/api/invocations/x/rerun")[0] == 400
+    status, error = post("/api/invocations/42/rerun", json={"request_id": ""})
+    assert status == 400 and "request_id" in error
+    cross = {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.test"}
+    assert post("/api/invocations/42/rerun", headers=cross)[0] == 403
+    assert dev.http.get(dev.url + "/api/invocations/42/rerun").status_code in (404, 405)

@@ -109,6 +109,10 @@ class InvocationFinished(Exception):
     pass
 
 
+class InvocationRunning(Exception):
+    """Only a finished invocation can be rerun."""
+
+
 class JobPaused(Exception):
     """The job is paused: it takes no trigger until resumed."""
 
@@ -530,6 +534,18 @@ class Engine:
         triggers it stored: add them again (each once, by its id)."""
         if inv.emitted_triggers:
             self.deliver_emitted(inv, inv.emitted_triggers)
+
+    def rerun(self, invocation_id: int, request_id: str | None = None) -> Triggered:
+        """A new trigger of a finished invocation's job, made from its newest trigger; it goes
+        through the job's triggering policy as any trigger does."""
+        inv = self.store.get(invocation_id)
+        if inv is None:
+            raise UnknownInvocation(invocation_id)
+        if not inv.status.final:
+            raise InvocationRunning(f"invocation {invocation_id} is {inv.status}: not finished")
+        newest = inv.triggers[-1].request if inv.triggers else inv.request
+        rerun_id = request_id or f"rerun:{invocation_id}:{self.rng.getrandbits(64):016x}"
+        return self.trigger(dataclasses.replace(newest, request_id=rerun_id))
 
     def pause(self, job_id: str, reason: str = "") -> JobState:
         """Pauses the job: its pending triggers are discarded, new ones refused, its schedule

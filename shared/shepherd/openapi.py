@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .schemas import TimerBody, TriggerBody
+from .schemas import RerunBody, TimerBody, TriggerBody
 from .validation import Model
 from .views import (
     MAX_BODY_BYTES,
@@ -125,6 +125,7 @@ INVOCATION_ID = {
 def document() -> dict[str, Any]:
     trigger_body, defs = _body_schemas(TriggerBody)
     timer_task, _ = _body_schemas(TimerBody)
+    rerun_body, _ = _body_schemas(RerunBody)
     return {
         "openapi": "3.1.0",
         "info": {"title": "shepherd", "version": "1"},
@@ -190,6 +191,21 @@ def document() -> dict[str, Any]:
                             "content": _json(_ref(InvocationView)),
                         },
                     },
+                }
+            },
+            "/api/invocations/{id}/rerun": {
+                "post": {
+                    "summary": "A new trigger of a finished invocation's job, made from its "
+                    "newest trigger; the job's policy starts it",
+                    "parameters": [INVOCATION_ID],
+                    "requestBody": {"required": False, "content": _json(rerun_body)},
+                    "responses": _responses(
+                        "202 the trigger, and the invocation it started at once if any",
+                        _json(_ref(Triggered)),
+                        400,
+                        404,
+                        409,
+                    ),
                 }
             },
             "/api/jobs": {

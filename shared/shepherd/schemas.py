@@ -81,6 +81,14 @@ class TriggerBody(Model):
 
 
 @dataclass(frozen=True)
+class RerunBody(Model):
+    """`POST /api/invocations/<id>/rerun`: the new trigger's id, if the caller names it (a
+    retried call then makes no second trigger)."""
+
+    request_id: str | None = field(default=None, minLength=1, maxLength=200)
+
+
+@dataclass(frozen=True)
 class TimerBody(Model):
     """What the timer queue POSTs to `on_timer` (interfaces.md)."""
 

@@ -23,12 +23,20 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 from .auth import Unauthorized
 from .csrf import SIMPLE_CONTENT_TYPES, BadFormToken, FormTokens, cross_origin, form_tokens
 from .debuglog import format_log
-from .engine import InvocationFinished, JobPaused, RetryLater, UnknownInvocation, UnknownJob
+from .engine import (
+    InvocationFinished,
+    InvocationRunning,
+    JobPaused,
+    RetryLater,
+    UnknownInvocation,
+    UnknownJob,
+)
+from .engine import Triggered as TriggerOutcome
 from .logs import request_scope
 from .model import PubSubMessage
 from .policy import MAX_PENDING
 from .ports import Unavailable
-from .schemas import PushedMessage, TimerBody, TriggerBody
+from .schemas import PushedMessage, RerunBody, TimerBody, TriggerBody
 from .service import get_service
 from .validation import ValidationError
 from .views import (
@@ -129,7 +137,8 @@ def _traced(handler: Callable[[Request], Response]) -> Callable[[Request], Respo
     return run
 
 
-def _body(request: Request) -> Any:
+def _body(request: Request, *, optional: bool = False) -> Any:
+    """The request's JSON body (`optional`: an empty body is `{}`)."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     if request.content_length is None:
@@ -138,6 +147,8 @@ def _body(request: Request) -> Any:
     data = request.get_data(cache=True)
     if len(data) > MAX_BODY_BYTES:
         raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if optional and not data.strip():
+        return {}
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # deep nesting is refused with RecursionError
@@ -171,6 +182,11 @@ def trigger(request: Request) -> Response:
         return _error(404, f'unknown job "{body.job}"')
     except JobPaused as e:
         return _error(409, str(e))
+    return _triggered(done)
+
+
+def _triggered(done: TriggerOutcome) -> Response:
+    """202 with the trigger, the invocation it started at once if it did, and its URL."""
     trigger, inv = done.trigger, done.invocation
     if inv is None:
         logger.info("trigger %s of %s: %s", trigger.id, trigger.job_id, trigger.status)
@@ -282,6 +298,8 @@ def api(request: Request) -> Response:
                 return _error(409, str(e))
             # 202: recorded, it completes on its own (see Engine.abort); never to be retried.
             return _answer(200 if inv.status.final else 202, InvocationView.of(inv))
+        if action == "rerun":
+            return _rerun(request, invocation_id)
         _require(request, "GET")
         found = store.get(invocation_id)
         if found is None:
@@ -295,6 +313,22 @@ def api(request: Request) -> Response:
     if parts[0] == "jobs":
         return _jobs(request, parts[1:])
     return _error(404, f'no such route "{request.path}"')
+
+
+def _rerun(request: Request, invocation_id: int) -> Response:
+    _require(request, "POST")
+    if (refused := _from_another_site(request)) is not None:
+        return refused
+    body = RerunBody.model_validate(_body(request, optional=True))
+    try:
+        done = get_service().engine.rerun(invocation_id, body.request_id)
+    except UnknownInvocation:
+        return _error(404, f"no invocation {invocation_id}")
+    except UnknownJob as e:
+        return _error(409, f'job "{e}" is no longer in the job file')
+    except (InvocationRunning, JobPaused) as e:
+        return _error(409, str(e))
+    return _triggered(done)
 
 
 def _jobs(request: Request, parts: list[str]) -> Response:
