@@ -81,6 +81,22 @@ def test_trigger_follow_show_and_list(sim: SimulatorProcess, dev: DevProcess) ->
     assert dict(zip(header, lines[0], strict=True)) == {name: rows[name] for name in header}
 
 
+def test_rerun(sim: SimulatorProcess, dev: DevProcess) -> None:
+    sim.configure({"publish_url": dev.url, "script": [*QUICK, {"status": "FAILURE"}]})
+    triggered = shepherd("trigger", JOB, url=dev.url).stdout.splitlines()
+    first = triggered[-1].removeprefix("invocation ")
+    early = shepherd("rerun", first, url=dev.url)
+    assert early.returncode == 1 and "409: invocation" in early.stderr
+    dev.wait_for(first, {"FAILED"})
+    again = shepherd("rerun", first, "--request-id", "rerun-by-cli", url=dev.url)
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[0] == "trigger rerun-by-cli" and lines[1].startswith("invocation ")
+    second = lines[1].removeprefix("invocation ")
+    assert second != first
+    assert [t["id"] for t in dev.invocation(second)["triggers"]] == ["rerun-by-cli"]
+
+
 def test_abort(sim: SimulatorProcess, dev: DevProcess) -> None:
     sim.configure({"publish_url": dev.url, "script": LONG})
     triggered = shepherd("trigger", JOB, url=dev.url).stdout.splitlines()

@@ -266,7 +266,10 @@ def trigger(
         body["properties"] = {k: _property_value(k, v) for k, v in _pairs(prop, "=", "property")}
     # A key of its own even when none is given: the client's retries start one invocation.
     body["request_id"] = request_id or f"cli-{uuid.uuid4()}"
-    answer = remote(url, trigger_url, api_url, lambda c: c.trigger(body))
+    _print_triggered(remote(url, trigger_url, api_url, lambda c: c.trigger(body)))
+
+
+def _print_triggered(answer: dict[str, Any]) -> None:
     print(f"trigger {answer['trigger_id']}")
     if answer["invocation_id"] is not None:
         print(f"invocation {answer['invocation_id']}")
@@ -352,6 +355,23 @@ def abort(
     """Abort an invocation (cancels its build); once accepted it completes on its own."""
     inv = remote(url, trigger_url, api_url, lambda c: c.abort(invocation_id))
     print(f"{inv.id} {inv.status if inv.status.final else 'abort requested'}")
+
+
+@app.command()
+def rerun(
+    invocation_id: Annotated[str, typer.Argument(metavar="ID")],
+    request_id: Annotated[
+        str | None, typer.Option(help="The new trigger's id (default: one of its own).")
+    ] = None,
+    url: Url = DEFAULT_URL,
+    trigger_url: TriggerUrl = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Trigger a finished invocation's job again with its newest trigger; the job's triggering
+    policy starts it."""
+    # A key of its own even when none is given: the client's retries make one trigger.
+    body = {"request_id": request_id or f"cli-{uuid.uuid4()}"}
+    _print_triggered(remote(url, trigger_url, api_url, lambda c: c.rerun(invocation_id, body)))
 
 
 def main() -> None:

@@ -101,6 +101,10 @@ class ShepherdClient:
         url = f"{self.api_url}/invocations/{quote(invocation_id)}/abort"
         return self._view(InvocationView.from_json, self._call("POST", url))
 
+    def rerun(self, invocation_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.api_url}/invocations/{quote(invocation_id)}/rerun"
+        return self._call("POST", url, json=body).json()
+
     def jobs(self) -> list[dict[str, Any]]:
         return self._view(
             lambda data: list(data["jobs"]), self._call("GET", f"{self.api_url}/jobs")
