@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test suite's process helpers (loc
 
 from emulators import PROJECT, clear_firestore, start_firestore  # noqa: E402
 from localstack import JOB, SECRET, DevProcess, write_jobs  # noqa: E402
+from shepherd.adapters.sqlite_store import SqliteStore  # noqa: E402
 from shepherd.durations import HOUR, MINUTE, SECOND, format_duration  # noqa: E402
 from shepherd.engine import START_TASK  # noqa: E402
 from shepherd.model import Status, TriggerRequest, TriggerStatus  # noqa: E402
@@ -41,6 +42,7 @@ from shepherd.ports import StoreStats  # noqa: E402
 from shepherd.schemas import TriggerBody  # noqa: E402
 from shepherd.signing import TokenSigner  # noqa: E402
 from shepherd.timestamps import parse_rfc3339  # noqa: E402
+from shepherd_tools.gitiles_sim.control import GitilesSimProcess  # noqa: E402
 from shepherd_tools.replay import VirtualStack, load_scenario  # noqa: E402
 from shepherd_tools.simulator.control import SimulatorProcess  # noqa: E402
 
@@ -49,7 +51,16 @@ POLICIES = ("luci", "shepherd")
 DURATIONS_H = (1, 6, 12)
 DROPS = (0.0, 0.5, 1.0)
 SEEDS = (1, 2, 3)
-STEPS = ("calls", "store_ops", "cold_start", "throughput", "replay", "sweep", "policies")
+STEPS = (
+    "calls",
+    "store_ops",
+    "cold_start",
+    "throughput",
+    "replay",
+    "sweep",
+    "policies",
+    "polls",
+)
 
 
 def scenario(policy: str, hours: float, drop: float, seed: int) -> Any:
@@ -627,6 +638,325 @@ def triggering_policies(
     }
 
 
+# --- 8. What a Gitiles poll costs ----------------------------------------------------------
+
+POLL_JOB = "infra/poller"
+POLL_TARGET = "infra/build"  # a noop job: done at its start, so every trigger starts one
+POLL_PROJECT = "chromium/src"
+POLL_INTERVAL_S = 30
+# Polls before the measured ones: a job's schedule reads its 10 newest invocations (due_tick),
+# which a poller that ran a while has.
+POLL_WARM_UP = 10
+POLLS_PER_DAY = 24 * 3600 // POLL_INTERVAL_S  # back to back: a poll takes no virtual time
+SCHEDULER_TICKS_PER_DAY = 24 * 60  # Cloud Scheduler calls the scheduler function each minute
+# Each variant: the poller's `refs`, and the refs of the simulated repository (a commit each).
+POLL_VARIANTS: dict[str, tuple[list[str], list[str]]] = {
+    "main": (["refs/heads/main"], ["refs/heads/main"]),
+    "regexp_10_branches": (
+        ["regexp:refs/branch-heads/\\d+"],
+        [f"refs/branch-heads/{n}" for n in range(10)],
+    ),
+}
+POLL_LABELS = {
+    "main": "`refs/heads/main`",
+    "regexp_10_branches": "`regexp:refs/branch-heads/\\d+`, 10 branches",
+}
+
+
+@dataclasses.dataclass
+class _PollSample:
+    """What one poll did: from its tick task's delivery to the end of its invocation."""
+
+    requests: dict[str, int]  # Gitiles requests by kind (refs, log, other)
+    functions: int  # queue deliveries of the poller: its tick task, its start task
+    tasks: int  # tasks the poll handed to the queue: its start, its next tick
+    target_tasks: int  # tasks handed for the target: the start of the invocation it triggered
+    stats: StoreStats  # the poller's deliveries only (the target's start is the target's)
+    seconds: float  # wall time of the poller's deliveries
+    client_seconds: float  # of which making the poll's Gitiles HTTP client
+    emitted: int
+
+
+class _PollBench:
+    """An engine with the gitiles and noop kinds in virtual time, its poller job scheduled
+    `with 30s interval`, polling a repository of the Gitiles simulator (tests/test_gitiles_kind.py's
+    Poller, driven by the schedule: the first poll by the scheduler tick, then each by the tick
+    task the poll before it handed to the timer queue)."""
+
+    def __init__(self, gitiles: GitilesSimProcess, store: Any, refs: list[str]) -> None:
+        from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
+        from shepherd.adapters.gitiles_rest import GitilesClient
+        from shepherd.clock import VirtualClock
+        from shepherd.engine import Engine
+        from shepherd.jobs import parse_jobs
+        from shepherd.tasks.gitiles import GitilesKind
+        from shepherd.tasks.noop import NoopKind
+        from shepherd.tasks.registry import CONFIG_MODELS
+
+        poller = {
+            "id": POLL_JOB,
+            "kind": "gitiles",
+            "schedule": f"with {POLL_INTERVAL_S}s interval",
+            "repo": gitiles.repo_url(POLL_PROJECT),
+            "refs": refs,
+            "triggers": [POLL_TARGET],
+        }
+        jobs = parse_jobs(
+            {"jobs": [{"id": POLL_TARGET, "kind": "noop"}, poller]}, "jobs.toml", CONFIG_MODELS
+        )
+        self.gitiles = gitiles
+        self.clock, self.queue = VirtualClock(HOUR), VirtualTimerQueue()
+        self.handed: list[Any] = []
+        schedule = self.queue.schedule
+
+        def counted(tasks: Any) -> None:
+            self.handed.extend(tasks)
+            schedule(tasks)
+
+        self.queue.schedule = counted  # type: ignore[method-assign]
+        self.client_s = 0.0  # making each poll's Gitiles client (the kind's default, timed)
+
+        def client(host_url: str) -> GitilesClient:
+            t0 = time.perf_counter()
+            try:
+                return GitilesClient(host_url)
+            finally:
+                self.client_s += time.perf_counter() - t0
+
+        self.engine = Engine(
+            jobs=jobs,
+            kinds={GitilesKind.name: GitilesKind(client), NoopKind.name: NoopKind()},
+            store=store,
+            queue=self.queue,
+            topic=EmbeddedTopic("bench"),
+            clock=self.clock,
+            signer=TokenSigner(b"k" * 32),
+            rng=random.Random(1),
+        )
+        self.stats: StoreStats = store.stats
+
+    def _deliver_due(self) -> tuple[int, StoreStats, float]:
+        """Delivers every due task, the ones they hand at once included; the poller's
+        deliveries, their store work and their wall time (the target's are left out)."""
+        functions, work, seconds = 0, StoreStats(), 0.0
+        while due := self.queue.pop_due(self.clock.now_ns()):
+            for task in due:
+                before = dataclasses.replace(self.stats)
+                t0 = time.perf_counter()
+                self.engine.handle_task(task.invocation_id, task.timer_id, task.name)
+                took = time.perf_counter() - t0
+                if task.timer_id.startswith(POLL_JOB + ":"):
+                    functions += 1
+                    seconds += took
+                    work.reads += self.stats.reads - before.reads
+                    work.writes += self.stats.writes - before.writes
+                    work.transactions += self.stats.transactions - before.transactions
+        return functions, work, seconds
+
+    def first_poll(self) -> None:
+        from shepherd.cron import run_schedules
+
+        ticks = run_schedules(self.engine, self.clock.now_ns())
+        assert [t.action for t in ticks] == ["triggered"], ticks
+        self._deliver_due()
+        self._last()
+
+    def poll(self) -> _PollSample:
+        """The next poll: the clock moves to the tick task's ETA, the due tasks are delivered."""
+        requests = self.gitiles.request_counts()
+        self.handed.clear()
+        client_s = self.client_s
+        eta = self.queue.next_eta()
+        assert eta is not None, "no tick task waits in the queue"
+        self.clock.advance_to(eta)
+        functions, work, seconds = self._deliver_due()
+        after = self.gitiles.request_counts()
+        last = self._last()
+        own = sum(t.timer_id.startswith(POLL_JOB + ":") for t in self.handed)
+        return _PollSample(
+            requests={k: after.get(k, 0) - requests.get(k, 0) for k in after},
+            functions=functions,
+            tasks=own,
+            target_tasks=len(self.handed) - own,
+            stats=work,
+            seconds=seconds,
+            client_seconds=self.client_s - client_s,
+            emitted=len(last.emitted_triggers),
+        )
+
+    def scheduler_tick(self) -> StoreStats:
+        """The scheduler's minute tick while the poller waits for its interval: its share of
+        the tick's store work ("not due")."""
+        from shepherd.cron import run_schedules
+
+        before = dataclasses.replace(self.stats)
+        ticks = run_schedules(self.engine, self.clock.now_ns() + SECOND)
+        assert [t.action for t in ticks] == ["not due"], ticks
+        return StoreStats(
+            reads=self.stats.reads - before.reads,
+            writes=self.stats.writes - before.writes,
+            transactions=self.stats.transactions - before.transactions,
+        )
+
+    def _last(self) -> Any:
+        last = self.engine.store.list_invocations(POLL_JOB, limit=1)[0]
+        assert last.status is Status.SUCCEEDED, last
+        return last
+
+
+def _poll_case(samples: list[_PollSample], *, wall: bool) -> dict[str, Any]:
+    n = len(samples)
+    kinds = sorted({k for s in samples for k in s.requests})
+    requests = {k: sum(s.requests.get(k, 0) for s in samples) / n for k in kinds}
+    out: dict[str, Any] = {
+        "polls": n,
+        "gitiles_requests": sum(requests.values()),
+        "gitiles_requests_by_kind": requests,
+        "functions": sum(s.functions for s in samples) / n,
+        "tasks_handed": sum(s.tasks for s in samples) / n,
+        "target_tasks_handed": sum(s.target_tasks for s in samples) / n,
+        "triggers_emitted": sum(s.emitted for s in samples) / n,
+        "reads": sum(s.stats.reads for s in samples) / n,
+        "writes": sum(s.stats.writes for s in samples) / n,
+        "transactions": sum(s.stats.transactions for s in samples) / n,
+    }
+    if wall:
+        times = [s.seconds * 1000 for s in samples]
+        out["wall_ms_median"] = statistics.median(times)
+        out["wall_ms_min"] = min(times)
+        out["client_ms_median"] = statistics.median(s.client_seconds * 1000 for s in samples)
+    return out
+
+
+def _poll_run(gitiles: GitilesSimProcess, store: Any, variant: str, polls: int) -> dict[str, Any]:
+    """`polls` polls that find nothing new and `polls` that find one new commit, alternately,
+    after the first poll (which finds every watched ref new) and POLL_WARM_UP more; a
+    scheduler tick after each."""
+    refs, repo_refs = POLL_VARIANTS[variant]
+    gitiles.reset()
+    gitiles.create_repo(POLL_PROJECT)
+    for ref in repo_refs:
+        gitiles.push(POLL_PROJECT, ref)
+    bench = _PollBench(gitiles, store, refs)
+    bench.first_poll()
+    for _ in range(POLL_WARM_UP):
+        assert bench.poll().emitted == 0
+    quiet, new, ticks = [], [], []
+    for n in range(2 * polls):
+        fresh = n % 2 == 1
+        if fresh:
+            gitiles.push(POLL_PROJECT, repo_refs[(n // 2) % len(repo_refs)])
+        sample = bench.poll()
+        assert sample.emitted == (1 if fresh else 0), (variant, n, sample)
+        (new if fresh else quiet).append(sample)
+        tick = bench.scheduler_tick()
+        ticks.append(tick)
+    wall = isinstance(store, SqliteStore)
+    return {
+        "quiet": _poll_case(quiet, wall=wall),
+        "new_commit": _poll_case(new, wall=wall),
+        "scheduler_tick": {
+            "ticks": len(ticks),
+            "reads": sum(t.reads for t in ticks) / len(ticks),
+            "writes": sum(t.writes for t in ticks) / len(ticks),
+            "transactions": sum(t.transactions for t in ticks) / len(ticks),
+        },
+    }
+
+
+def _poll_day(quiet: dict[str, Any], new: dict[str, Any], tick: dict[str, Any]) -> dict[str, Any]:
+    """A day of polls every POLL_INTERVAL_S that find nothing new, on Firestore, and what one
+    new commit adds (its poll's extra work; the target's own invocation is not counted), at
+    cost_model's prices and function assumptions."""
+    vcpu = FUNCTION_VCPU * PRICES["function_vcpu_second"]
+    compute = HANDLER_S * (vcpu + FUNCTION_GIB * PRICES["function_gib_second"])
+
+    def priced(
+        polls: float, requests: float, functions: float, tasks: float, reads: float, writes: float
+    ) -> dict[str, Any]:
+        cost = {
+            "function_requests": functions * PRICES["function_request"],
+            "function_compute": functions * compute,
+            "firestore_reads": reads * PRICES["firestore_read"],
+            "firestore_writes": writes * PRICES["firestore_write"],
+            # cost_model's assumption: 300 bytes stored per event, kept a month
+            "firestore_storage_month": functions * 300 / 2**30 * PRICES["firestore_gib_month"],
+            "cloud_tasks": tasks * PRICES["cloud_tasks_operation"],
+        }
+        return {
+            "polls": polls,
+            "gitiles_requests": requests,
+            "function_invocations": functions,
+            "cloud_tasks": tasks,
+            "firestore_reads": reads,
+            "firestore_writes": writes,
+            "cost_usd": cost,
+            "total_usd": sum(cost.values()),
+        }
+
+    day = priced(
+        POLLS_PER_DAY,
+        POLLS_PER_DAY * quiet["gitiles_requests"],
+        POLLS_PER_DAY * quiet["functions"],
+        POLLS_PER_DAY * quiet["tasks_handed"],
+        POLLS_PER_DAY * quiet["reads"] + SCHEDULER_TICKS_PER_DAY * tick["reads"],
+        POLLS_PER_DAY * quiet["writes"] + SCHEDULER_TICKS_PER_DAY * tick["writes"],
+    )
+    per_commit = priced(
+        0,
+        new["gitiles_requests"] - quiet["gitiles_requests"],
+        new["functions"] - quiet["functions"],
+        new["tasks_handed"] + new["target_tasks_handed"] - quiet["tasks_handed"],
+        new["reads"] - quiet["reads"],
+        new["writes"] - quiet["writes"],
+    )
+    return {"quiet_day": day, "per_new_commit": per_commit}
+
+
+def poll_cost(workdir: Path, polls: int = 10) -> dict[str, Any]:
+    """What one poll of a gitiles job costs, on SQLite and on the Firestore emulator, and a
+    day of them every 30 s."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import firestore
+
+    from shepherd.adapters.firestore_store import FirestoreStore
+
+    variants: dict[str, Any] = {}
+    emulator = start_firestore(workdir)
+    try:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+        clear_firestore(emulator.host)
+        client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+        with GitilesSimProcess() as gitiles:
+            for variant, (refs, repo_refs) in POLL_VARIANTS.items():
+                stores = {
+                    "sqlite": _poll_run(
+                        gitiles, SqliteStore(workdir / f"polls-{variant}.db"), variant, polls
+                    ),
+                    "firestore": _poll_run(
+                        gitiles, FirestoreStore(client, prefix=f"{variant}-"), variant, polls
+                    ),
+                }
+                fs = stores["firestore"]
+                variants[variant] = {
+                    "refs": refs,
+                    "repo_refs": len(repo_refs),
+                    **stores,
+                    "per_day": _poll_day(fs["quiet"], fs["new_commit"], fs["scheduler_tick"]),
+                }
+    finally:
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+        emulator.stop()
+    return {
+        "interval_s": POLL_INTERVAL_S,
+        "polls_per_day": POLLS_PER_DAY,
+        "scheduler_ticks_per_day": SCHEDULER_TICKS_PER_DAY,
+        "target": "one noop job (done at its start)",
+        "prices_recorded": PRICES["recorded"],
+        "variants": variants,
+    }
+
+
 # --- 5. Virtual-time replay of the seed --------------------------------------------------
 
 
@@ -769,6 +1099,83 @@ def policies_markdown(p: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ops(f: dict[str, Any]) -> str:
+    return f"{f['reads']:.0f} / {f['writes']:.0f} / {f['transactions']:.0f}"
+
+
+def _poll_day_row(p: dict[str, Any]) -> str:
+    v = p["variants"]["main"]["per_day"]
+    day, commit = v["quiet_day"], v["per_new_commit"]
+    return _row(
+        f"a day of Gitiles polls of `refs/heads/main` every {p['interval_s']} s "
+        f"({p['polls_per_day']:,}) that find nothing new, Firestore, list prices of "
+        f"{p['prices_recorded']}; 1,000 new commits add ${1000 * commit['total_usd']:.3f}",
+        f"${day['total_usd']:.3f}",
+    )
+
+
+def polls_markdown(p: dict[str, Any]) -> list[str]:
+    main = p["variants"]["main"]
+    lines = [
+        "",
+        f'What a Gitiles poll costs: a gitiles job with `schedule = "with {p["interval_s"]}s '
+        f'interval"` that triggers {p["target"]}, against the Gitiles simulator in virtual '
+        "time. Each poll comes from the tick task the poll before it handed to the timer queue "
+        "(the first from the scheduler tick); "
+        f"{main['sqlite']['quiet']['polls']} polls of each kind, alternately, after "
+        f"{POLL_WARM_UP + 1} unmeasured ones. "
+        "Functions run: the poller's queue deliveries (its tick task, its start task); tasks "
+        "handed: the Cloud Tasks tasks the poll creates (its start, its next tick, and the "
+        "start of the invocation a trigger starts); the target's own invocation is not "
+        "counted. Wall time: the poller's deliveries on the embedded stack (SQLite, the "
+        "simulator on this machine), of which making the poll's Gitiles HTTP client.",
+        "",
+        "| poll | Gitiles requests (refs + log) | functions run | tasks handed "
+        "| Firestore reads / writes / transactions | SQLite reads / writes / transactions "
+        "| wall time, median (HTTP client) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for variant, v in p["variants"].items():
+        for case, label in (("quiet", "nothing new"), ("new_commit", "one new commit")):
+            fs, sq = v["firestore"][case], v["sqlite"][case]
+            by_kind = sq["gitiles_requests_by_kind"]
+            target = sq["target_tasks_handed"]
+            lines.append(
+                f"| {POLL_LABELS.get(variant, variant)}, {label} "
+                f"| {sq['gitiles_requests']:.0f} ({by_kind.get('refs', 0):.0f} + "
+                f"{by_kind.get('log', 0):.0f}) | {sq['functions']:.0f} "
+                f"| {sq['tasks_handed'] + target:.0f}"
+                + (f" (the target's start: {target:.0f})" if target else "")
+                + f" | {_ops(fs)} | {_ops(sq)} "
+                f"| {sq['wall_ms_median']:.0f} ms ({sq['client_ms_median']:.0f} ms) |"
+            )
+    tick = main["firestore"]["scheduler_tick"], main["sqlite"]["scheduler_tick"]
+    lines += [
+        f"| the scheduler's minute tick, a job's share (not due) | 0 | — | 0 | {_ops(tick[0])} "
+        f"| {_ops(tick[1])} | — |",
+        "",
+        f"| a day of polls every {p['interval_s']} s ({p['polls_per_day']:,}, and "
+        f"{p['scheduler_ticks_per_day']:,} scheduler ticks), Firestore | Gitiles requests "
+        f"| function runs | Cloud Tasks tasks | Firestore reads / writes "
+        f"| list prices of {p['prices_recorded']} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, v in p["variants"].items():
+        day, commit = v["per_day"]["quiet_day"], v["per_day"]["per_new_commit"]
+        label = POLL_LABELS.get(variant, variant)
+        for name, f, scale in (
+            (f"{label}, nothing new all day", day, 1),
+            (f"{label}, each 1,000 new commits add", commit, 1000),
+        ):
+            lines.append(
+                f"| {name} | {scale * f['gitiles_requests']:,.0f} "
+                f"| {scale * f['function_invocations']:,.0f} | {scale * f['cloud_tasks']:,.0f} "
+                f"| {scale * f['firestore_reads']:,.0f} / {scale * f['firestore_writes']:,.0f} "
+                f"| ${scale * f['total_usd']:.3f} |"
+            )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report; a step missing from `results` (a file from before it existed) is left out."""
     took = f"`make bench` took {results['seconds']:.0f} s"
@@ -838,8 +1245,12 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{cost['ratio']:.2f}",
             )
         )
+    if "polls" in results:
+        lines.append(_poll_day_row(results["polls"]))
     if "policies" in results:
         lines += policies_markdown(results["policies"])
+    if "polls" in results:
+        lines += polls_markdown(results["polls"])
     return "\n".join(lines) + "\n"
 
 
@@ -932,6 +1343,7 @@ def main() -> None:
             "replay": lambda: replay_wall_time(workdir),
             "sweep": lambda: sweep_cost(workdir),
             "policies": lambda: triggering_policies(sim, workdir),
+            "polls": lambda: poll_cost(workdir),
         }
         for name, step in steps.items():
             if only and name != only:

@@ -277,7 +277,10 @@ class FirestoreStore:
             .order_by("created_ns", direction=firestore.Query.DESCENDING)
             .limit(limit)
         )
-        return [_invocation(doc) for doc in self._stream(query)]
+        found = [_invocation(doc) for doc in self._stream(query)]
+        self.stats.reads += max(1, len(found))  # Firestore bills an empty query one read
+        self.stats.queries += 1
+        return found
 
     @_translated
     def list_active(self) -> list[Invocation]:

@@ -195,6 +195,8 @@ class SqliteStore:
                 " LIMIT ?",
                 (job_id, limit),
             ).fetchall()
+        self.stats.reads += len(rows)
+        self.stats.queries += 1
         return [Invocation.from_dict(json.loads(r[0])) for r in rows]
 
     def list_active(self) -> list[Invocation]:
