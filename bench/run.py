@@ -685,7 +685,7 @@ class _PollBench:
 
     def __init__(self, gitiles: GitilesSimProcess, store: Any, refs: list[str]) -> None:
         from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
-        from shepherd.adapters.gitiles_rest import GitilesClient
+        from shepherd.adapters.gitiles_rest import GitilesClient, GitilesClients
         from shepherd.clock import VirtualClock
         from shepherd.engine import Engine
         from shepherd.jobs import parse_jobs
@@ -725,7 +725,10 @@ class _PollBench:
 
         self.engine = Engine(
             jobs=jobs,
-            kinds={GitilesKind.name: GitilesKind(client), NoopKind.name: NoopKind()},
+            kinds={
+                GitilesKind.name: GitilesKind(GitilesClients(client)),
+                NoopKind.name: NoopKind(),
+            },
             store=store,
             queue=self.queue,
             topic=EmbeddedTopic("bench"),

@@ -50,7 +50,7 @@ def test_a_poll_is_one_refs_request_two_deliveries_and_two_tasks(runs: dict[str,
             assert case["functions"] == 2  # the tick task, the start task
             assert case["tasks_handed"] == 2  # the start task, the next tick task
             assert case["target_tasks_handed"] == emitted  # the start the trigger caused
-            assert case["wall_ms_median"] >= case["client_ms_median"] > 0
+            assert case["wall_ms_median"] >= case["client_ms_median"] >= 0
         assert new["reads"] > quiet["reads"] and new["writes"] > quiet["writes"]
         # The scheduler's minute tick only reads: the job, and its 10 newest invocations.
         assert run["scheduler_tick"] == {"ticks": 4, "reads": 11, "writes": 0, "transactions": 0}

@@ -141,6 +141,7 @@ def test_gitiles_is_read_with_a_token_where_a_cloud_project_is_set(tmp_path: Pat
         clients = _gitiles_clients(Config(gitiles_auth=auth))
         https, local = clients("https://x.googlesource.com"), clients("http://127.0.0.1:9")
         assert (https.authenticated, local.authenticated) == (https_authenticated, False)
+        assert clients("https://x.googlesource.com") is https  # kept for the next polls
         https.close()
         local.close()
 

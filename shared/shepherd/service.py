@@ -22,7 +22,7 @@ from .adapters.buildbucket_prpc import (
     ImpersonatedAccessToken,
     PrpcBuildsClient,
 )
-from .adapters.gitiles_rest import GitilesClient
+from .adapters.gitiles_rest import GitilesClient, GitilesClients
 from .adapters.sqlite_delivery import SqliteDeliveryQueue, SqliteTopic
 from .adapters.sqlite_store import SqliteStore
 from .auth import OidcAuth, SharedTokenAuth, TimerAuth, timer_token
@@ -162,7 +162,7 @@ def _gitiles_clients(config: Config) -> Callable[[str], GitilesClient]:
     def client(host_url: str) -> GitilesClient:
         return GitilesClient(host_url, token=token if host_url.startswith("https://") else None)
 
-    return client
+    return GitilesClients(client)
 
 
 def build_service(config: Config) -> Service:

@@ -10,6 +10,7 @@ token source, requests go to the authenticated `/a/` paths with `Authorization: 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,3 +195,19 @@ class GitilesClient:
             commits += page[: limit - len(commits)]
             if len(commits) >= limit or not token:
                 return commits
+
+
+class GitilesClients:
+    """One client per host URL, made on first use and kept: a client costs tens of
+    milliseconds to make (httpx loads the CA bundle), more than a whole poll otherwise."""
+
+    def __init__(self, make: Callable[[str], GitilesClient] = GitilesClient) -> None:
+        self._make = make
+        self._clients: dict[str, GitilesClient] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, host_url: str) -> GitilesClient:
+        with self._lock:
+            if host_url not in self._clients:
+                self._clients[host_url] = self._make(host_url)
+            return self._clients[host_url]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlsplit
 
-from ..adapters.gitiles_rest import Commit, GitilesClient, GitilesError
+from ..adapters.gitiles_rest import Commit, GitilesClient, GitilesClients, GitilesError
 from ..jobs import ConfigModel, triggers_field
 from ..model import GitilesTrigger, LogKind, Status, TriggerRequest
 from ..validation import Model, field
@@ -227,17 +227,14 @@ class _Refs:
             self.changed += 1
 
 
-def _default_client(host_url: str) -> GitilesClient:
-    return GitilesClient(host_url)
-
-
 class GitilesKind(LaunchOnly):
     name: ClassVar[str] = "gitiles"
     config_model: ClassVar[ConfigModel] = GitilesConfig
 
-    def __init__(self, client: Callable[[str], GitilesClient] = _default_client) -> None:
-        # host URL ("https://host" or "http://127.0.0.1:PORT") → a client for it.
-        self._client = client
+    def __init__(self, client: Callable[[str], GitilesClient] | None = None) -> None:
+        # host URL ("https://host" or "http://127.0.0.1:PORT") → its client, kept for the
+        # next polls (the kind never closes one).
+        self._client = client or GitilesClients()
         self.max_triggers = MAX_TRIGGERS_PER_INVOCATION
         self.max_commits = MAX_COMMITS_PER_REF_UPDATE
 
@@ -251,12 +248,9 @@ class GitilesKind(LaunchOnly):
         host, project = normalize_repo_url(cfg.repo)
         scheme = urlsplit(cfg.repo).scheme
         client = self._client(f"{scheme}://{host}")
-        try:
-            refs = self._fetch_refs_state(ctl, cfg, client, project, log)
-            refs.prune_known(log)
-            left, error = self._emit_ref_at_a_time(ctl, cfg, client, project, refs, log)
-        finally:
-            client.close()
+        refs = self._fetch_refs_state(ctl, cfg, client, project, log)
+        refs.prune_known(log)
+        left, error = self._emit_ref_at_a_time(ctl, cfg, client, project, refs, log)
         if error is not None:
             if refs.changed > 0:
                 log(f"ignoring error {error} as transient")
