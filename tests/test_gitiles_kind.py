@@ -7,6 +7,7 @@ target that gets the commit as gitilesCommit."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import random
 import re
@@ -33,6 +34,8 @@ from shepherd.signing import TokenSigner
 from shepherd.tasks.buildbucket import SCHEDULER_PROPERTY
 from shepherd.tasks.gitiles import GitilesKind, RefSet, literal_prefix
 from shepherd.tasks.registry import CONFIG_MODELS
+from shepherd.views import InvocationView, InvocationWithLog, trigger_path
+from shepherd.webpage import invocation_page
 from shepherd_tools.gitiles_sim.control import GitilesSimProcess
 from shepherd_tools.replay import VirtualStack, load_scenario
 from shepherd_tools.simulator.control import SimulatorProcess
@@ -481,6 +484,19 @@ def test_a_new_commit_reaches_a_build_as_its_gitiles_commit(
             "gitiles": {"repo": repo, "ref": MAIN, "revision": head},
         }
     ]
+    (ref,) = InvocationView.of(build).triggers
+    assert (ref.title, ref.url, ref.commit_time) == (head, commit_url, COMMIT_TIME)
+    # The poll that emitted it lists it: in its JSON and on its page.
+    (poll,) = stack.store.list_invocations("infra/poller")
+    shown = InvocationWithLog.of_logged(poll, stack.store.read_log(poll.id))
+    assert [dataclasses.astuple(t) for t in shown.emitted_triggers] == [
+        (trigger_id, builder["id"], shown.finished, head, commit_url, COMMIT_TIME)
+    ]
+    page = invocation_page(poll, stack.store.read_log(poll.id), poll.finished_ns or 0)
+    emitted = page.split('<table id="emitted">', 1)[1].split("</table>", 1)[0]
+    assert f'href="{html.escape(trigger_path(builder["id"], trigger_id))}"' in emitted
+    assert f'<a href="{commit_url}" rel="noreferrer">{head}</a>' in emitted
+    assert html.escape(builder["id"]) in emitted and COMMIT_TIME in emitted
 
 
 # --- configuration and pieces ---------------------------------------------------------------
