@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 
 from localstack import JOB, LONG, QUICK, DevProcess, write_jobs
+from shepherd.timestamps import parse_rfc3339
 from shepherd.views import InvocationView, InvocationWithLog
+from shepherd_tools.gitiles_sim.control import GitilesSimProcess
 from shepherd_tools.simulator.control import SimulatorProcess
 
 pytestmark = pytest.mark.stack
 
 REPO = "https://chromium.googlesource.com/chromium/src"
 REV = "3ce3f1d71a1492176d69ed432d5cfa7b95be4a3e"
+POLLER = "chromium/poller"
 
 
 def shepherd(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -71,6 +74,8 @@ def test_trigger_follow_show_and_list(sim: SimulatorProcess, dev: DevProcess) ->
             assert value == f"{len(expected)} lines"
         elif name == "triggers":
             assert value == "cli-1" and [t["id"] for t in expected] == ["cli-1"]
+        elif name == "emitted_triggers":
+            assert value == "0" and expected == []
         else:
             assert value == ("—" if expected is None else str(expected))
     assert rows["status"] == "SUCCEEDED" and rows["build_id"].isdigit()
@@ -95,6 +100,54 @@ def test_rerun(sim: SimulatorProcess, dev: DevProcess) -> None:
     second = lines[1].removeprefix("invocation ")
     assert second != first
     assert [t["id"] for t in dev.invocation(second)["triggers"]] == ["rerun-by-cli"]
+
+
+def test_show_lists_the_triggers_a_poll_emitted(sim: SimulatorProcess, tmp_path: Path) -> None:
+    """A gitiles poller's invocation: `shepherd show` (and the page) list what it emitted."""
+    with GitilesSimProcess() as gitiles:
+        gitiles.create_repo("chromium/src")
+        head = gitiles.push("chromium/src", "refs/heads/main", [{"time": 1_700_000_000}])["new"]
+        repo = gitiles.repo_url("chromium/src")
+        jobs = write_jobs(tmp_path / "jobs.toml", sim.url)
+        poller = [f'id = "{POLLER}"', 'kind = "gitiles"', f'repo = "{repo}"']
+        poller += ['refs = ["refs/heads/main"]', f'triggers = ["{JOB}"]']
+        jobs.write_text(jobs.read_text() + "\n[[jobs]]\n" + "\n".join(poller) + "\n")
+        stack = DevProcess(tmp_path, jobs).start()
+        try:
+            sim.configure({"publish_url": stack.url, "script": LONG})
+            started = shepherd("trigger", POLLER, url=stack.url)
+            assert started.returncode == 0, started.stderr
+            invocation_id = started.stdout.splitlines()[-1].removeprefix("invocation ")
+            answer = stack.wait_for(invocation_id, {"SUCCEEDED", "FAILED"})
+            shown = shepherd("show", invocation_id, url=stack.url)
+            page = stack.http.get(f"{stack.url}/api/", params={"invocation": invocation_id})
+        finally:
+            stack.stop()
+    assert answer["status"] == "SUCCEEDED"
+    trigger_id, commit_url = f"{repo}/+/refs/heads/main@{head}", f"{repo}/+/{head}"
+    emitted_at = parse_rfc3339(answer["emitted_triggers"][0].pop("created"))
+    assert parse_rfc3339(answer["started"]) <= emitted_at <= parse_rfc3339(answer["finished"])
+    assert answer["emitted_triggers"] == [
+        {
+            "id": trigger_id,
+            "job": JOB,
+            "title": head,
+            "url": commit_url,
+            "commit_time": "2023-11-14T22:13:20Z",
+        }
+    ]
+    assert shown.returncode == 0, shown.stderr
+    fields, emitted = shown.stdout.split("\n\n")
+    rows = dict(line.split("\t", 1) for line in fields.splitlines())
+    assert list(rows) == [f.name for f in dataclasses.fields(InvocationWithLog)]
+    assert rows["emitted_triggers"] == "1, below"
+    header, *lines = [line.split("\t") for line in emitted.splitlines()]
+    assert header == ["id", "job", "title", "url", "commit_time"]
+    assert lines == [[trigger_id, JOB, head, commit_url, "2023-11-14T22:13:20Z"]]
+    assert page.status_code == 200
+    assert (
+        f'<a href="{commit_url}" rel="noreferrer">{head}</a>' in page.text.split('id="emitted"')[1]
+    )
 
 
 def test_abort(sim: SimulatorProcess, dev: DevProcess) -> None:

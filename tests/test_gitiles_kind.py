@@ -7,6 +7,7 @@ target that gets the commit as gitilesCommit."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import random
 import re
@@ -19,7 +20,7 @@ import pytest
 
 from kinds import SleepKind
 from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
-from shepherd.adapters.gitiles_rest import GitilesClient, GitilesError
+from shepherd.adapters.gitiles_rest import GitilesClient, GitilesError, parse_gitiles_time
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.clock import VirtualClock
 from shepherd.config import ConfigError
@@ -30,13 +31,18 @@ from shepherd.jobs import load_jobs, parse_jobs
 from shepherd.model import GitilesTrigger, Invocation, Status, TriggerRequest
 from shepherd.ports import Unavailable
 from shepherd.signing import TokenSigner
+from shepherd.tasks.buildbucket import SCHEDULER_PROPERTY
 from shepherd.tasks.gitiles import GitilesKind, RefSet, literal_prefix
 from shepherd.tasks.registry import CONFIG_MODELS
+from shepherd.views import InvocationView, InvocationWithLog, trigger_path
+from shepherd.webpage import invocation_page
 from shepherd_tools.gitiles_sim.control import GitilesSimProcess
 from shepherd_tools.replay import VirtualStack, load_scenario
 from shepherd_tools.simulator.control import SimulatorProcess
 
 PROJECT = "chromium/src"  # path-escaped on the wire: chromium%2Fsrc
+COMMIT_TIME_S = 1_700_000_000  # a commit's committer time, far from the engine's virtual clock
+COMMIT_TIME = "2023-11-14T22:13:20Z"
 POLLER = "infra/poller"
 TARGET = "infra/nap"
 MAIN = "refs/heads/main"
@@ -159,6 +165,38 @@ def test_pushes_emit_one_trigger_per_commit_oldest_first(
     inv = poller.poll()
     assert poller.emitted() == poller.ids(MAIN, first, *pushed)
     assert f"Ref {MAIN} updated: {first} => {pushed[-1]}" in poller.log(inv)
+
+
+@pytest.mark.parametrize("zone_suffix", [False, True])
+def test_each_trigger_carries_its_commit_as_luci_titles_and_links_it(
+    tmp_path: Path, gitiles: GitilesSimProcess, zone_suffix: bool
+) -> None:
+    if zone_suffix:  # "Tue Nov 14 23:43:20 2023 +0130": the same instant, another zone
+        gitiles.reset()
+        gitiles.create_repo(PROJECT, time_zone_suffix=True)
+    gitiles.push(PROJECT, MAIN)
+    poller = make_poller(tmp_path, gitiles)
+    poller.poll()
+    times = [COMMIT_TIME_S, COMMIT_TIME_S - 3600]  # the newer commit has the older time
+    pushed = gitiles.push(PROJECT, MAIN, [{"time": t, "tz": "+0130"} for t in times])["commits"]
+    inv = poller.poll()
+    expected = [
+        (poller.ids(MAIN, c)[0], c, f"{poller.repo}/+/{c}", t * SECOND)
+        for c, t in zip(pushed, times, strict=True)
+    ]
+    described = [
+        (t.id, t.request.title, t.request.url, t.request.commit_time_ns)
+        for t in inv.emitted_triggers
+    ]
+    assert described == expected
+    pending = poller.engine.store.list_pending(TARGET, 10)  # as stored, in the order they came
+    described = [(t.id, t.request.title, t.request.url, t.request.commit_time_ns) for t in pending]
+    assert described == expected
+    # Their own time is when they came, not the commits' (see Trigger.created_ns).
+    assert {t.created_ns for t in pending} == {poller.clock.now_ns()}
+    assert [(i.title, i.url) for i in (t.incoming() for t in pending)] == [
+        (c, u) for _, c, u, _ in expected
+    ]
 
 
 def test_more_than_50_new_commits_emit_the_newest_50(
@@ -419,7 +457,7 @@ def test_a_new_commit_reaches_a_build_as_its_gitiles_commit(
         jobs={**seed.jobs, "jobs": [builder, poller]},
         simulator={**seed.simulator, "script": script, "drop_notifications": 0.0},
     )
-    head = gitiles.push(PROJECT, MAIN)["new"]
+    head = gitiles.push(PROJECT, MAIN, [{"time": COMMIT_TIME_S}])["new"]
     stack = VirtualStack(scenario, tmp_path / "state.db", sim)
     try:
         stack.trigger_at(stack.clock.now_ns(), TriggerRequest("infra/poller", request_id="p1"))
@@ -428,7 +466,8 @@ def test_a_new_commit_reaches_a_build_as_its_gitiles_commit(
         stack.close()
     (build,) = stack.store.list_invocations(builder["id"])
     assert build.status is Status.SUCCEEDED
-    assert [t.id for t in build.triggers] == [f"{repo}/+/{MAIN}@{head}"]
+    trigger_id, commit_url = f"{repo}/+/{MAIN}@{head}", f"{repo}/+/{head}"
+    assert [(t.id, t.title, t.url) for t in build.triggers] == [(trigger_id, head, commit_url)]
     sent = next(
         json.loads(e.text.split("\n", 1)[1])
         for e in stack.store.read_log(build.id)
@@ -436,6 +475,28 @@ def test_a_new_commit_reaches_a_build_as_its_gitiles_commit(
     )
     host = gitiles.url.removeprefix("http://")
     assert sent["gitilesCommit"] == {"host": host, "project": PROJECT, "id": head, "ref": MAIN}
+    # The build's $recipe_engine/scheduler names the trigger as LUCI's protojson does.
+    assert sent["properties"][SCHEDULER_PROPERTY]["triggers"] == [
+        {
+            "id": trigger_id,
+            "title": head,
+            "url": commit_url,
+            "gitiles": {"repo": repo, "ref": MAIN, "revision": head},
+        }
+    ]
+    (ref,) = InvocationView.of(build).triggers
+    assert (ref.title, ref.url, ref.commit_time) == (head, commit_url, COMMIT_TIME)
+    # The poll that emitted it lists it: in its JSON and on its page.
+    (poll,) = stack.store.list_invocations("infra/poller")
+    shown = InvocationWithLog.of_logged(poll, stack.store.read_log(poll.id))
+    assert [dataclasses.astuple(t) for t in shown.emitted_triggers] == [
+        (trigger_id, builder["id"], shown.finished, head, commit_url, COMMIT_TIME)
+    ]
+    page = invocation_page(poll, stack.store.read_log(poll.id), poll.finished_ns or 0)
+    emitted = page.split('<table id="emitted">', 1)[1].split("</table>", 1)[0]
+    assert f'href="{html.escape(trigger_path(builder["id"], trigger_id))}"' in emitted
+    assert f'<a href="{commit_url}" rel="noreferrer">{head}</a>' in emitted
+    assert html.escape(builder["id"]) in emitted and COMMIT_TIME in emitted
 
 
 # --- configuration and pieces ---------------------------------------------------------------
@@ -473,6 +534,24 @@ def test_refsets_as_luci_groups_them() -> None:
     assert sorted(refs.namespaces) == ["refs/branch-heads", "refs/heads"]
     assert refs.has("refs/branch-heads/12") and not refs.has("refs/branch-heads/12a")
     assert refs.has("refs/heads/x") and not refs.has("refs/heads/y")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("Tue Nov 14 22:13:20 2023", COMMIT_TIME_S),  # googlesource.com: UTC, no zone
+        ("Tue Nov 14 23:43:20 2023 +0130", COMMIT_TIME_S),
+        ("Tue Nov 14 17:13:20 2023 -0500", COMMIT_TIME_S),
+        ("Mon Jan  2 15:04:05 2006", 1_136_214_245),  # Go's _2: a day padded with a space
+        ("Mon Jan 2 15:04:05 2006", 1_136_214_245),
+        ("Mon Feb 30 15:04:05 2006", None),  # Go's time.Parse refuses these
+        ("Mon Jan 02 24:00:00 2006", None),
+        ("2006-01-02T15:04:05Z", None),
+        ("", None),
+    ],
+)
+def test_commit_times_read_as_lucis_client_reads_them(text: str, seconds: int | None) -> None:
+    assert parse_gitiles_time(text) == (None if seconds is None else seconds * SECOND)
 
 
 def test_the_client_speaks_rest_go(gitiles: GitilesSimProcess) -> None:

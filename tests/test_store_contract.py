@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -294,6 +295,35 @@ def test_a_trigger_id_is_one_trigger_per_job(store: Store) -> None:
     assert store.add_trigger(other) == other
     assert store.get_trigger(JOB, "cron:1/+/ref@x") == first
     assert store.get_trigger(JOB, "nope") is None
+
+
+def test_a_triggers_title_url_and_commit_time_round_trip(store: Store) -> None:
+    described = dataclasses.replace(
+        trigger("r/+/refs/heads/main@c1", 5),
+        request=TriggerRequest(
+            JOB, request_id="r/+/refs/heads/main@c1", title="c1", url="r/+/c1", commit_time_ns=3
+        ),
+    )
+    assert store.add_trigger(described) == described
+    assert store.get_trigger(JOB, described.id) == described
+    assert store.list_pending(JOB, 10) == [described]
+    plan = store.triage(JOB, 10, take_all)
+    assert plan is not None
+    (taken,) = plan.triggers
+    assert store.get_trigger(JOB, described.id) == taken and taken.request == described.request
+    emitter = invocation(11).evolve(emitted_triggers=(described,))
+    store.create(emitter, [])
+    assert store.get(11) == emitter
+
+
+def test_triggers_without_titles_are_stored_as_before_titles_existed(tmp_path: Path) -> None:
+    plain = trigger("cron:1", 5)
+    stored = plain.to_dict()
+    assert not {"title", "url", "commit_time_ns"} & set(stored["request"])
+    assert Trigger.from_dict(stored) == plain and plain.incoming().title == ""
+    store = SqliteStore(tmp_path / "state.db")
+    store.add_trigger(plain)
+    assert store.get_trigger(JOB, "cron:1") == plain
 
 
 def test_pending_triggers_come_oldest_first_by_time_order_and_id(store: Store) -> None:

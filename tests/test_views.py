@@ -9,13 +9,30 @@ import subprocess
 import sys
 from typing import Any
 
+import jsonschema_rs
 import pytest
 
-from shepherd.model import GitilesTrigger, Invocation, LogEntry, LogKind, Status, TriggerRequest
+from shepherd.model import (
+    GitilesTrigger,
+    Invocation,
+    LogEntry,
+    LogKind,
+    Status,
+    Trigger,
+    TriggerRequest,
+)
 from shepherd.openapi import document
 from shepherd.schemas import PushedMessage, TimerBody, TriggerBody
 from shepherd.validation import ValidationError
-from shepherd.views import InvocationList, InvocationView, InvocationWithLog, LogLine, to_json
+from shepherd.views import (
+    EmittedTrigger,
+    InvocationList,
+    InvocationView,
+    InvocationWithLog,
+    LogLine,
+    TriggerRef,
+    to_json,
+)
 
 INVOCATION = Invocation(
     id=42,
@@ -57,7 +74,84 @@ def test_an_invocation_reads_back_as_it_was_answered() -> None:
         InvocationView.from_json({**answer, "status": "SLEEPING"})
 
 
-@pytest.mark.parametrize("view", [InvocationView, InvocationWithLog, LogLine, InvocationList])
+COMMIT = "d" * 40
+EMITTED = Trigger(
+    f"r/+/refs/heads/main@{COMMIT}",
+    "chromium/y",
+    1_657_456_314_000_000_000,
+    TriggerRequest(
+        "chromium/y",
+        GitilesTrigger("r", "refs/heads/main", COMMIT),
+        request_id=f"r/+/refs/heads/main@{COMMIT}",
+        title=COMMIT,
+        url=f"r/+/{COMMIT}",
+        commit_time_ns=1_657_000_000_000_000_000,
+    ),
+)
+EMITTER = INVOCATION.evolve(
+    triggers=(EMITTED.evolve(job_id="chromium/x").incoming(),),
+    emitted_triggers=(
+        EMITTED,
+        Trigger("chromium/x:42:1", "chromium/z", 1, TriggerRequest("chromium/z", request_id="n")),
+    ),
+)
+
+
+def matches_openapi(answer: dict[str, Any], view: type) -> bool:
+    document_ = document()
+    schema = {
+        "$ref": f"#/components/schemas/{view.__name__}",
+        "components": document_["components"],
+    }
+    return jsonschema_rs.validator_for(schema).is_valid(answer)
+
+
+def test_an_invocation_lists_the_triggers_it_emitted_and_their_commits() -> None:
+    shown = InvocationWithLog.of_logged(EMITTER, ENTRIES)
+    answer = json.loads(json.dumps(to_json(shown)))
+    assert answer["triggers"] == [
+        {
+            "id": f"r/+/refs/heads/main@{COMMIT}",
+            "created": "2022-07-10T12:31:54Z",  # when it came, not the commit's time
+            "title": COMMIT,
+            "url": f"r/+/{COMMIT}",
+            "commit_time": "2022-07-05T05:46:40Z",
+        }
+    ]
+    assert answer["emitted_triggers"] == [
+        {
+            "id": f"r/+/refs/heads/main@{COMMIT}",
+            "job": "chromium/y",
+            "created": "2022-07-10T12:31:54Z",
+            "title": COMMIT,
+            "url": f"r/+/{COMMIT}",
+            "commit_time": "2022-07-05T05:46:40Z",
+        },
+        {
+            "id": "chromium/x:42:1",
+            "job": "chromium/z",
+            "created": "1970-01-01T00:00:00.000000001Z",
+            "title": None,
+            "url": None,
+            "commit_time": None,
+        },
+    ]
+    assert list(answer)[-2:] == ["emitted_triggers", "log"]
+    assert InvocationWithLog.from_json(answer) == shown
+    assert matches_openapi(answer, InvocationWithLog)
+    assert not matches_openapi({**answer, "emitted_triggers": [{"id": "x"}]}, InvocationWithLog)
+    listed = to_json(InvocationView.of(EMITTER))
+    assert "emitted_triggers" not in listed and matches_openapi(listed, InvocationView)
+    # An older server's answer: no emitted triggers, triggers without titles.
+    older = {k: v for k, v in answer.items() if k != "emitted_triggers"}
+    older["triggers"] = [{"id": "t", "created": "2022-07-10T12:31:54Z"}]
+    read = InvocationWithLog.from_json(older)
+    assert read.emitted_triggers == () and read.triggers[0].title is None
+
+
+@pytest.mark.parametrize(
+    "view", [InvocationView, InvocationWithLog, LogLine, InvocationList, TriggerRef, EmittedTrigger]
+)
 def test_the_openapi_schemas_are_the_views(view: type) -> None:
     schemas = document()["components"]["schemas"]
     schema = schemas[view.__name__]

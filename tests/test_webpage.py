@@ -14,7 +14,7 @@ import pytest
 
 from counted_replay import CountedReplay, counted_replay
 from localstack import DevProcess
-from shepherd.model import Invocation, LogEntry, LogKind, Status, TriggerRequest
+from shepherd.model import Invocation, LogEntry, LogKind, Status, Trigger, TriggerRequest
 from shepherd.webpage import invocation_page, marks, timeline_svg
 from shepherd_tools.replay import load_scenario
 from shepherd_tools.simulator.control import SimulatorProcess
@@ -152,6 +152,40 @@ def test_log_text_and_urls_are_escaped() -> None:
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
     assert timeline_svg(running(), [], 10**9).startswith('<svg id="timeline"')
+
+
+def _table(page: str, table_id: str) -> str:
+    return page.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+
+
+def test_the_page_lists_the_triggers_it_took_and_emitted_with_their_commits() -> None:
+    commit = "c" * 40
+    request = TriggerRequest(
+        "x/<target>",
+        request_id=f"https://h/r/+/refs/heads/main@{commit}",
+        title=commit,
+        url=f"https://h/r/+/{commit}",
+        commit_time_ns=1_700_000_000 * 10**9,
+    )
+    emitted = Trigger(request.request_id or "", "x/<target>", 5, request)
+    bare = Trigger("a/b:7:1", "x/other", 5, TriggerRequest("x/other", url="javascript:alert(1)"))
+    inv = running().evolve(triggers=(emitted.incoming(),), emitted_triggers=(emitted, bare))
+    page = invocation_page(inv, [], now_ns=10**9)
+    took = _table(page, "triggers")
+    assert f'<a href="https://h/r/+/{commit}" rel="noreferrer">{commit}</a>' in took
+    assert "2023-11-14T22:13:20Z" in took and "1970-01-01T00:00:00.000000005Z" in took
+    rows = _table(page, "emitted").split("<tr>")[2:]
+    assert len(rows) == 2
+    # Each links to where it is now (its JSON) and to its job's page, all of it escaped.
+    json_path = (
+        f"jobs/x%2F%3Ctarget%3E/triggers/https%3A%2F%2Fh%2Fr%2F%2B%2Frefs%2Fheads%2Fmain%40{commit}"
+    )
+    assert f'<a href="{json_path}">https://h/r/+/refs/heads/main@{commit}</a>' in rows[0]
+    assert '<a href="?job=x%2F%3Ctarget%3E">x/&lt;target&gt;</a>' in rows[0]
+    assert f'<a href="https://h/r/+/{commit}" rel="noreferrer">{commit}</a>' in rows[0]
+    assert "2023-11-14T22:13:20Z" in rows[0]
+    assert "javascript:" in rows[1] and 'href="javascript:' not in rows[1]  # shown, not linked
+    assert "Emitted triggers" not in invocation_page(running(), [], now_ns=10**9)
 
 
 def reworded(entry: LogEntry, n: int) -> LogEntry:

@@ -36,22 +36,34 @@ class GitilesTrigger:
 
 @dataclass(frozen=True)
 class TriggerRequest:
-    """What a trigger asks for: the job, the commit, extra properties and tags."""
+    """What a trigger asks for: the job, the commit, extra properties and tags.
+
+    `title` and `url` are LUCI's Trigger.title and .url (a gitiles poller's: the commit id and
+    its page), shown with the trigger and passed to builds in `$recipe_engine/scheduler`.
+    `commit_time_ns`: a gitiles trigger's committer time (LUCI makes it the trigger's creation
+    time; here it is shown only, see Trigger.created_ns), 0 if unknown."""
 
     job_id: str
     gitiles: GitilesTrigger | None = None
     tags: tuple[str, ...] = ()
     properties: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
+    title: str = ""
+    url: str = ""
+    commit_time_ns: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "job_id": self.job_id,
             "gitiles": None if self.gitiles is None else vars(self.gitiles).copy(),
             "tags": list(self.tags),
             "properties": self.properties,
             "request_id": self.request_id,
         }
+        # Only when set: what triggers without them store stays as it was.
+        described = (("title", self.title), ("url", self.url))
+        out.update((k, v) for k, v in (*described, ("commit_time_ns", self.commit_time_ns)) if v)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TriggerRequest:
@@ -62,6 +74,10 @@ class TriggerRequest:
             tags=tuple(data.get("tags", ())),
             properties=dict(data.get("properties", {})),
             request_id=data.get("request_id"),
+            # Absent from requests stored before triggers carried them.
+            title=data.get("title", ""),
+            url=data.get("url", ""),
+            commit_time_ns=data.get("commit_time_ns", 0),
         )
 
 
@@ -80,7 +96,7 @@ class IncomingTrigger:
     def of(cls, request: TriggerRequest, invocation_id: int) -> IncomingTrigger:
         """The trigger an invocation's request is: its request_id names it, else the
         invocation (one trigger per invocation, so unique in its job)."""
-        return cls(request.request_id or str(invocation_id), request)
+        return cls(request.request_id or str(invocation_id), request, request.title, request.url)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,6 +298,9 @@ class Trigger:
 
     id: str
     job_id: str
+    # When it reached the engine: the policies' order and newest_first's pending_timeout go by
+    # it. LUCI takes a gitiles trigger's commit time instead; here that is only shown
+    # (request.commit_time_ns), as a committer's clock may be far off or the commit old.
     created_ns: int
     request: TriggerRequest
     order: int = 0  # among the triggers that arrived at the same created_ns
@@ -293,7 +312,9 @@ class Trigger:
         return replace(self, **changes)
 
     def incoming(self) -> IncomingTrigger:
-        return IncomingTrigger(self.id, self.request, created_ns=self.created_ns)
+        """As the invocation that takes it holds it: its title and url are its request's."""
+        request = self.request
+        return IncomingTrigger(self.id, request, request.title, request.url, self.created_ns)
 
     def to_dict(self) -> dict[str, Any]:
         return {

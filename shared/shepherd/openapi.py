@@ -162,7 +162,7 @@ def document() -> dict[str, Any]:
             },
             "/api/invocations/{id}": {
                 "get": {
-                    "summary": "One invocation with its log",
+                    "summary": "One invocation with the triggers it emitted and its log",
                     "parameters": [INVOCATION_ID],
                     "responses": _responses(
                         "200 the invocation", _json(_ref(InvocationWithLog)), 400, 404

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .model import Invocation, LogEntry, LogKind, Status, Trigger, TriggerStatus
 from .timestamps import format_rfc3339
@@ -47,12 +48,61 @@ class LogLine:
         return cls(data["time"], data["text"], LogKind.stored(data["kind"]), data.get("call"))
 
 
+def trigger_path(job_id: str, trigger_id: str) -> str:
+    """Where `GET /api/jobs/{job}/triggers/{id}` finds a trigger, below `/api/`."""
+    return f"jobs/{quote(job_id, safe='')}/triggers/{quote(trigger_id, safe='')}"
+
+
+def _nonempty(text: str) -> str | None:
+    return text or None
+
+
 @dataclass(frozen=True)
 class TriggerRef:
-    """One trigger an invocation is made of."""
+    """One trigger an invocation is made of. `title` and `url` as LUCI's (a gitiles poller's:
+    the commit id and its page); `commit_time`: a gitiles trigger's committer time."""
 
     id: str
-    created: str
+    created: str  # when it reached its job
+    title: str | None
+    url: str | None
+    commit_time: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TriggerRef:
+        # A server older than title, url and commit_time answers without them.
+        described = (data.get(k) for k in ("title", "url", "commit_time"))
+        return cls(data["id"], data["created"], *described)
+
+
+@dataclass(frozen=True)
+class EmittedTrigger:
+    """One trigger an invocation emitted for another job, as it emitted it; where it is now
+    (pending, in which invocation, discarded) is at `GET /api/jobs/{job}/triggers/{id}`."""
+
+    id: str
+    job: str
+    created: str  # when it was emitted
+    title: str | None
+    url: str | None
+    commit_time: str | None
+
+    @classmethod
+    def of(cls, trigger: Trigger) -> EmittedTrigger:
+        request = trigger.request
+        return cls(
+            trigger.id,
+            trigger.job_id,
+            format_rfc3339(trigger.created_ns),
+            _nonempty(request.title),
+            _nonempty(request.url),
+            _time(request.commit_time_ns or None),
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EmittedTrigger:
+        described = (data[k] for k in ("title", "url", "commit_time"))
+        return cls(data["id"], data["job"], data["created"], *described)
 
 
 @dataclass(frozen=True)
@@ -84,18 +134,26 @@ class InvocationView:
 
 @dataclass(frozen=True)
 class InvocationWithLog(InvocationView):
-    """One invocation with its debug log (`GET /api/invocations/{id}`)."""
+    """One invocation with the triggers it emitted and its debug log
+    (`GET /api/invocations/{id}`)."""
 
+    emitted_triggers: tuple[EmittedTrigger, ...]  # in the order it emitted them
     log: tuple[LogLine, ...]
 
     @classmethod
     def of_logged(cls, inv: Invocation, entries: list[LogEntry]) -> InvocationWithLog:
-        return cls(**_invocation_fields(inv), log=tuple(LogLine.of(e) for e in entries))
+        return cls(
+            **_invocation_fields(inv),
+            emitted_triggers=tuple(EmittedTrigger.of(t) for t in inv.emitted_triggers),
+            log=tuple(LogLine.of(e) for e in entries),
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> InvocationWithLog:
         lines = tuple(LogLine.from_json(line) for line in data["log"])
-        return cls(**_fields_from_json(data), log=lines)
+        # A server older than emitted_triggers answers without them.
+        emitted = tuple(EmittedTrigger.from_json(t) for t in data.get("emitted_triggers", ()))
+        return cls(**_fields_from_json(data), emitted_triggers=emitted, log=lines)
 
 
 @dataclass(frozen=True)
@@ -196,7 +254,13 @@ def _invocation_fields(inv: Invocation) -> dict[str, Any]:
         "started": _time(inv.started_ns),
         "finished": _time(inv.finished_ns),
         "triggers": tuple(
-            TriggerRef(t.id, format_rfc3339(t.created_ns or inv.created_ns))
+            TriggerRef(
+                t.id,
+                format_rfc3339(t.created_ns or inv.created_ns),
+                _nonempty(t.title),
+                _nonempty(t.url),
+                _time(t.request.commit_time_ns or None),
+            )
             for t in inv.incoming_triggers
         ),
     }
@@ -205,5 +269,5 @@ def _invocation_fields(inv: Invocation) -> dict[str, Any]:
 def _fields_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
     values = {f.name: data[f.name] for f in dataclasses.fields(InvocationView)}
     values["status"] = Status(values["status"])
-    values["triggers"] = tuple(TriggerRef(t["id"], t["created"]) for t in values["triggers"])
+    values["triggers"] = tuple(TriggerRef.from_json(t) for t in values["triggers"])
     return values

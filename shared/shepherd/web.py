@@ -52,6 +52,7 @@ from .views import (
     Triggered,
     TriggerView,
     to_json,
+    trigger_path,
 )
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def _triggered(done: TriggerOutcome) -> Response:
         logger.info("trigger %s of %s: %s", trigger.id, trigger.job_id, trigger.status)
     else:
         logger.info("trigger %s of %s: invocation %d", trigger.id, trigger.job_id, inv.id)
-    url = f"/api/jobs/{quote(trigger.job_id, safe='')}/triggers/{quote(trigger.id, safe='')}"
+    url = "/api/" + trigger_path(trigger.job_id, trigger.id)
     return _answer(202, Triggered(trigger.id, None if inv is None else str(inv.id), url))
 
 

@@ -13,7 +13,15 @@ from urllib.parse import quote
 from .durations import SECOND, format_duration
 from .model import Invocation, LogEntry, LogKind
 from .timestamps import format_log_time, format_rfc3339, parse_rfc3339
-from .views import InvocationView, JobDetail, JobView, TriggerView
+from .views import (
+    EmittedTrigger,
+    InvocationView,
+    JobDetail,
+    JobView,
+    TriggerRef,
+    TriggerView,
+    trigger_path,
+)
 
 REFRESH_SECONDS = 5
 JOB_COLUMNS = ("job", "kind", "paused", "schedule", "running", "pending", "last status")
@@ -198,6 +206,44 @@ def _build_link(url: str | None) -> str:
     return f'<a href="{escape(url)}" rel="noreferrer">{escape(url)}</a>'
 
 
+def _titled_link(title: str | None, url: str | None) -> str:
+    """A trigger's title linked to its url (an http(s) one only), either alone, or "—"."""
+    text = escape(title or url or "—")
+    if url and url.lower().startswith(("https://", "http://")):
+        return f'<a href="{escape(url)}" rel="noreferrer">{text}</a>'
+    return text
+
+
+def _incoming_table(triggers: Sequence[TriggerRef]) -> str:
+    """The triggers an invocation is made of, oldest first."""
+    rows = "".join(
+        f"<tr><td>{escape(t.id)}</td><td>{_titled_link(t.title, t.url)}</td>"
+        f"<td>{escape(t.commit_time or '—')}</td><td>{escape(t.created)}</td></tr>"
+        for t in triggers
+    )
+    return (
+        '<table id="triggers"><tr><th>trigger</th><th>title</th><th>commit time</th>'
+        f"<th>created</th></tr>{rows}</table>"
+    )
+
+
+def _emitted_section(triggers: Sequence[EmittedTrigger]) -> str:
+    """The triggers an invocation emitted, each linked to where it is now (its JSON); nothing
+    for one that emitted none (a Buildbucket invocation never does)."""
+    if not triggers:
+        return ""
+    rows = "".join(
+        f'<tr><td><a href="{escape(trigger_path(t.job, t.id))}">{escape(t.id)}</a></td>'
+        f'<td><a href="{escape(_job_href(t.job))}">{escape(t.job)}</a></td>'
+        f"<td>{_titled_link(t.title, t.url)}</td><td>{escape(t.commit_time or '—')}</td></tr>"
+        for t in triggers
+    )
+    return (
+        '<h2>Emitted triggers</h2><table id="emitted"><tr><th>trigger</th><th>job</th>'
+        f"<th>title</th><th>commit time</th></tr>{rows}</table>"
+    )
+
+
 def job_page(job: JobDetail, recent: Sequence[Invocation], form_token: str, now_ns: int) -> str:
     """One job: its fields, the buttons that apply, its pending triggers, what runs, and its
     recent invocations. Never refreshes itself: it holds a form."""
@@ -352,6 +398,8 @@ def invocation_page(inv: Invocation, entries: Sequence[LogEntry], now_ns: int) -
         f'<tr><th>raw</th><td><a href="invocations/{inv.id}">JSON</a> · '
         f'<a href="invocations/{inv.id}/log">text log</a></td></tr></table>'
         f"<h2>Timeline</h2>{timeline_svg(inv, entries, now_ns)}"
+        f"<h2>Triggers</h2>{_incoming_table(InvocationView.of(inv).triggers)}"
+        f"{_emitted_section([EmittedTrigger.of(t) for t in inv.emitted_triggers])}"
         f"<h2>Debug log</h2>{_log_html(entries)}"
     )
     return _page(f"{inv.job_id} {inv.id}", body, refresh=not inv.status.final)

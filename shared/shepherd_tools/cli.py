@@ -275,6 +275,10 @@ def _print_triggered(answer: dict[str, Any]) -> None:
         print(f"invocation {answer['invocation_id']}")
 
 
+# `shepherd show`'s second table; where each trigger is now: GET /api/jobs/{job}/triggers/{id}.
+EMITTED_COLUMNS = ["id", "job", "title", "url", "commit_time"]
+
+
 @app.command()
 def show(
     invocation_id: Annotated[str, typer.Argument(metavar="ID")],
@@ -282,16 +286,24 @@ def show(
     trigger_url: TriggerUrl = None,
     api_url: ApiUrl = None,
 ) -> None:
-    """Show one invocation."""
+    """Show one invocation, then the triggers it emitted (if any), one a row."""
     inv = remote(url, trigger_url, api_url, lambda c: c.invocation(invocation_id))
     rows = []
     for field in dataclasses.fields(inv):
         value = getattr(inv, field.name)
         if field.name == "log":
             rows.append([field.name, f"{len(value)} lines"])
+        elif field.name == "emitted_triggers":
+            rows.append([field.name, f"{len(value)}, below" if value else "0"])
         else:
             rows.append([field.name, _cell(value)])
     print_table(None, rows)
+    if inv.emitted_triggers:
+        print()
+        print_table(
+            EMITTED_COLUMNS,
+            [[_cell(getattr(t, c)) for c in EMITTED_COLUMNS] for t in inv.emitted_triggers],
+        )
 
 
 def _cell(value: Any) -> str:

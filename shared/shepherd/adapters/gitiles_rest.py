@@ -10,9 +10,11 @@ token source, requests go to the authenticated `/a/` paths with `Authorization: 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -61,12 +63,44 @@ class TreeDiff:
     new_path: str
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Go's time.ANSIC ("Mon Jan _2 15:04:05 2006"), then maybe " -0700", as json.go's ts reads it.
+_ANSIC = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2})  ?(\d{1,2}) (\d{1,2}):(\d{2}):(\d{2}) "
+    r"(\d{4})(?: ([+-])(\d{2})(\d{2}))?"
+)
+
+
+def parse_gitiles_time(text: str) -> int | None:
+    """A time as Gitiles prints it ("Mon Jan 02 15:04:05 2006", UTC unless a "+0100" zone
+    follows), in ns since the epoch; None if it is not one."""
+    match = _ANSIC.fullmatch(text)
+    if match is None or match[1] not in _MONTHS:
+        return None
+    day, hour, minute, second, year = (int(match[i]) for i in (2, 3, 4, 5, 6))
+    offset = 0
+    if match[7]:
+        offset = (int(match[8]) * 60 + int(match[9])) * (-1 if match[7] == "-" else 1)
+    try:
+        zone = timezone(timedelta(minutes=offset))
+        when = datetime(year, _MONTHS.index(match[1]) + 1, day, hour, minute, second, tzinfo=zone)
+    except ValueError:  # a day or hour out of range, as Go's time.Parse refuses it
+        return None
+    return int(when.timestamp()) * 10**9
+
+
 @dataclass(frozen=True)
 class Commit:
     id: str
     parents: tuple[str, ...]
     committer_time: str  # as Gitiles prints it (time.ANSIC, maybe with a zone)
     tree_diff: tuple[TreeDiff, ...] = field(default=())
+
+    @property
+    def committer_time_ns(self) -> int:
+        """The committer time in ns since the epoch; 0 if Gitiles gave none it could read
+        (LUCI's client would refuse the whole log; a poll here goes on without it)."""
+        return parse_gitiles_time(self.committer_time) or 0
 
 
 def path_escape(text: str) -> str:

@@ -4,9 +4,10 @@ task does (`scheduler/appengine/task/gitiles/gitiles.go`, luci-go).
 Each poll is one invocation of the poller job: launch fetches the watched refs' heads, compares
 them with the heads the last poll saw (the store's per-job kind state), and emits one trigger
 per new commit (oldest first, at most 50 a ref; a new ref or a force push: its head only) to
-every job in `triggers`. The new heads are handed to the engine with the triggers and written
-only after every trigger is stored, so a poll whose triggers were not stored is done again and
-loses nothing (trigger ids are stable: the same commit twice is one trigger).
+every job in `triggers`, titled with the commit id and linked to its page as LUCI's are. The
+new heads are handed to the engine with the triggers and written only after every trigger is
+stored, so a poll whose triggers were not stored is done again and loses nothing (trigger ids
+are stable: the same commit twice is one trigger).
 """
 
 from __future__ import annotations
@@ -338,6 +339,11 @@ class GitilesKind(LaunchOnly):
                             job_id=target,
                             gitiles=GitilesTrigger(repo=cfg.repo, ref=ref, revision=commit.id),
                             request_id=trigger_id,
+                            # LUCI's title and url; its creation time is the commit's, which
+                            # is kept for show only (see Trigger.created_ns).
+                            title=commit.id,
+                            url=f"{cfg.repo}/+/{commit.id}",
+                            commit_time_ns=commit.committer_time_ns,
                         ),
                     )
                 emitted += 1
