@@ -76,6 +76,9 @@ def test_trigger_follow_show_and_list(sim: SimulatorProcess, dev: DevProcess) ->
             assert value == "cli-1" and [t["id"] for t in expected] == ["cli-1"]
         elif name == "emitted_triggers":
             assert value == "0" and expected == []
+        elif name == "builds":
+            (build,) = expected
+            assert value == f"{build['id']} SUCCESS" and build["status"] == "SUCCESS"
         else:
             assert value == ("—" if expected is None else str(expected))
     assert rows["status"] == "SUCCEEDED" and rows["build_id"].isdigit()

@@ -68,7 +68,7 @@ def detail(job_id: str = ODD, **changes: Any) -> JobDetail:
 def running_view(invocation_id: str) -> InvocationView:
     return InvocationView(
         invocation_id, ODD, Status.RUNNING, 1, None, False, None,
-        "https://ci.example/<b>", "2024-01-01T00:00:00Z", None, None, (),
+        "https://ci.example/<b>", (), "2024-01-01T00:00:00Z", None, None, (),
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from localstack import FINAL, QUICK, DevProcess
 from shepherd.jobs import ConfigError, parse_jobs
 from shepherd.model import Invocation, Status
 from shepherd.tasks.registry import CONFIG_MODELS
+from shepherd.views import InvocationView, to_json
 from shepherd_tools.replay import Scenario, VirtualStack, load_scenario
 from shepherd_tools.simulator.control import SimulatorProcess
 
@@ -95,6 +96,12 @@ def test_an_infra_failure_is_rerun_and_the_last_build_decides(run: Any) -> None:
         (second["id"], "SUCCESS"),
     ]
     assert done.invocation.view_url.endswith(f"/build/{second['id']}")
+    view = to_json(InvocationView.of(done.invocation))
+    assert [(b["id"], b["status"]) for b in view["builds"]] == [
+        (first["id"], "INFRA_FAILURE"),
+        (second["id"], "SUCCESS"),
+    ]
+    assert view["build_id"] == second["id"] and view["view_url"] == view["builds"][1]["view_url"]
     assert done.log[-1].endswith("with status SUCCEEDED")
 
 

@@ -106,6 +106,27 @@ class EmittedTrigger:
 
 
 @dataclass(frozen=True)
+class BuildRef:
+    """One build of an invocation: its first, then each rerun (`reruns` in the job file)."""
+
+    id: str
+    status: str | None  # Buildbucket's name for it, as last seen (None: not known)
+    view_url: str | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BuildRef:
+        return cls(data["id"], data["status"], data["view_url"])
+
+
+def _builds(inv: Invocation) -> tuple[BuildRef, ...]:
+    listed = inv.task_data.get("builds")
+    if isinstance(listed, list):
+        return tuple(BuildRef(b["id"], b["status"] or None, b["view_url"]) for b in listed)
+    build_id = inv.task_data.get("build_id")  # stored before builds were listed
+    return (BuildRef(build_id, None, inv.view_url or None),) if build_id else ()
+
+
+@dataclass(frozen=True)
 class InvocationView:
     """An invocation as the API shows it (in lists, and as abort's answer)."""
 
@@ -115,8 +136,9 @@ class InvocationView:
     attempt: int
     next_attempt: str | None  # while the launch waits for its retry: when the next one comes
     abort_requested: bool  # an abort was accepted and completes on its own
-    build_id: str | None
-    view_url: str | None
+    build_id: str | None  # the latest build's
+    view_url: str | None  # the latest build's
+    builds: tuple[BuildRef, ...]  # oldest first: the first build, then its reruns
     created: str
     started: str | None
     finished: str | None
@@ -250,6 +272,7 @@ def _invocation_fields(inv: Invocation) -> dict[str, Any]:
         "abort_requested": inv.abort_requested,
         "build_id": inv.task_data.get("build_id"),
         "view_url": inv.view_url or None,
+        "builds": _builds(inv),
         "created": format_rfc3339(inv.created_ns),
         "started": _time(inv.started_ns),
         "finished": _time(inv.finished_ns),
@@ -267,7 +290,11 @@ def _invocation_fields(inv: Invocation) -> dict[str, Any]:
 
 
 def _fields_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
-    values = {f.name: data[f.name] for f in dataclasses.fields(InvocationView)}
+    # A server older than builds answers without them.
+    values = {
+        f.name: data[f.name] for f in dataclasses.fields(InvocationView) if f.name != "builds"
+    }
+    values["builds"] = tuple(BuildRef.from_json(b) for b in data.get("builds", ()))
     values["status"] = Status(values["status"])
     values["triggers"] = tuple(TriggerRef.from_json(t) for t in values["triggers"])
     return values

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from shepherd.config import DEFAULT_STATE, Config, ConfigError
 from shepherd.tasks.buildbucket import finite_numbers
-from shepherd.views import InvocationView
+from shepherd.views import BuildRef, InvocationView
 
 from .client import ClientError, ShepherdClient
 
@@ -307,6 +307,9 @@ def show(
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, BuildRef) for v in value):
+        # an invocation's builds, oldest first: each with its status (its reruns follow it)
+        return ", ".join(f"{b.id} {b.status or '?'}" for b in value) or "—"
     if isinstance(value, tuple):  # an invocation's triggers: their ids
         return ", ".join(t.id for t in value)
     return "—" if value is None else str(value)
