@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from shepherd.jobs import ConfigError, parse_jobs
 from shepherd.model import Invocation, Status
 from shepherd.tasks.registry import CONFIG_MODELS
 from shepherd.views import InvocationView, to_json
+from shepherd.webpage import invocation_page
 from shepherd_tools.replay import Scenario, VirtualStack, load_scenario
 from shepherd_tools.simulator.control import SimulatorProcess
 
@@ -102,6 +104,16 @@ def test_an_infra_failure_is_rerun_and_the_last_build_decides(run: Any) -> None:
         (second["id"], "SUCCESS"),
     ]
     assert view["build_id"] == second["id"] and view["view_url"] == view["builds"][1]["view_url"]
+    entries = done.stack.store.read_log(inv_id)
+    page = invocation_page(done.invocation, entries, done.stack.clock.now_ns(), "tok")
+    # Both builds on the timeline, each linked with its status, and the Rerun button.
+    phases = re.findall(r'<rect class="phase"[^>]*><title>(\w+) ', page)
+    assert phases == ["SCHEDULED", "STARTED", "SCHEDULED", "STARTED"]
+    assert page.count('<circle class="phase"') == 2
+    assert f"/build/{first['id']}</a> INFRA_FAILURE → " in page
+    assert f'<form id="rerun" method="post" action="invocations/{inv_id}/rerun">' in page
+    running = dataclasses.replace(done.invocation, status=Status.RUNNING)
+    assert 'id="rerun"' not in invocation_page(running, entries, 0, "tok")
     assert done.log[-1].endswith("with status SUCCEEDED")
 
 
@@ -221,6 +233,20 @@ def test_rerun_by_hand_makes_a_trigger_of_the_newest_one(
     ]
     assert sent[0]["properties"]["n"] == 1  # the newest trigger's, again
     assert dev.http.get(dev.url + body["url"]).json()["status"] == "STARTED"
+
+    # The page's Rerun button: a form post with the page's token, back to the new invocation.
+    page = dev.http.get(f"{dev.url}/api/?invocation={first}").text
+    token = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert token is not None
+    same_site = {"Origin": dev.url, "Sec-Fetch-Site": "same-origin"}
+    action = f"{dev.url}/api/invocations/{first}/rerun"
+    forged = dev.http.post(action, data={"csrf": "x"}, headers=same_site)
+    assert forged.status_code == 403
+    posted = dev.http.post(action, data={"csrf": token[1]}, headers=same_site)
+    assert posted.status_code == 303 and posted.headers["Location"].startswith("../../?invocation=")
+    third = posted.headers["Location"].removeprefix("../../?invocation=")
+    assert third not in (first, body["invocation_id"])
+    dev.wait_for(third, FINAL)
 
     # Named by the caller, a retried call is one trigger.
     named = [

@@ -320,16 +320,32 @@ def _rerun(request: Request, invocation_id: int) -> Response:
     _require(request, "POST")
     if (refused := _from_another_site(request)) is not None:
         return refused
-    body = RerunBody.model_validate(_body(request, optional=True))
+    engine = get_service().engine
+    form = request.mimetype in SIMPLE_CONTENT_TYPES
+    if form:
+        # The page's Rerun button: only with its token (for the invocation's job).
+        inv = engine.store.get(invocation_id)
+        if inv is None:
+            return _error(404, f"no invocation {invocation_id}")
+        if (refused := _check_form_token(request, inv.job_id)) is not None:
+            return refused
+        request_id = None
+    else:
+        request_id = RerunBody.model_validate(_body(request, optional=True)).request_id
     try:
-        done = get_service().engine.rerun(invocation_id, body.request_id)
+        done = engine.rerun(invocation_id, request_id)
     except UnknownInvocation:
         return _error(404, f"no invocation {invocation_id}")
     except UnknownJob as e:
         return _error(409, f'job "{e}" is no longer in the job file')
     except (InvocationRunning, JobPaused) as e:
         return _error(409, str(e))
-    return _triggered(done)
+    if not form:
+        return _triggered(done)
+    # The page is at <base>/, the form's action at <base>/invocations/<id>/rerun.
+    started = done.invocation
+    where = f"invocation={started.id}" if started else f"job={quote(done.trigger.job_id, safe='')}"
+    return Response(status=303, headers={"Location": f"../../?{where}"})
 
 
 def _jobs(request: Request, parts: list[str]) -> Response:
@@ -430,17 +446,25 @@ def _form_tokens() -> FormTokens:
     return form_tokens(get_service().engine.signer)
 
 
-def _job_form_post(request: Request, job_id: str, action: str) -> Response:
-    """A post of the page's form (or anything else a browser could send another site's way
-    without asking first): only with the page's token; 303 back to the job's page."""
+def _check_form_token(request: Request, job_id: str) -> Response | None:
+    """A 403 unless the form carries the page's token for `job_id`."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise BadRequest(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
     request.max_content_length = MAX_BODY_BYTES
-    form = request.form
     try:
-        _form_tokens().check(form.get("csrf", ""), job_id, get_service().engine.clock.now_ns())
+        token = request.form.get("csrf", "")
+        _form_tokens().check(token, job_id, get_service().engine.clock.now_ns())
     except BadFormToken as e:
         return _error(403, str(e))
+    return None
+
+
+def _job_form_post(request: Request, job_id: str, action: str) -> Response:
+    """A post of the page's form (or anything else a browser could send another site's way
+    without asking first): only with the page's token; 303 back to the job's page."""
+    if (refused := _check_form_token(request, job_id)) is not None:
+        return refused
+    form = request.form
     _job_act(job_id, action, form.get("reason", "").strip() if action == "pause" else "")
     # The page is at <base>/, the form's action at <base>/jobs/<project>/<name>/<action>.
     return Response(status=303, headers={"Location": f"../../../?job={quote(job_id, safe='')}"})
@@ -464,7 +488,8 @@ def _html_page(request: Request) -> Response:
     inv = engine.store.get(invocation_id)
     if inv is None:
         return _error(404, f"no invocation {invocation_id}")
-    page = webpage.invocation_page(inv, engine.store.read_log(invocation_id), now)
+    token = _form_tokens().issue(inv.job_id, now) if inv.status.final else None
+    page = webpage.invocation_page(inv, engine.store.read_log(invocation_id), now, token)
     return Response(page, mimetype="text/html")
 
 

@@ -275,22 +275,24 @@ def _builds(entries: Iterable[LogEntry]) -> Iterable[dict[str, Any]]:
 
 
 def _phases(entries: Sequence[LogEntry], end_ns: int) -> list[tuple[str, int, int]]:
-    """(status, from, to) of the build, from the newest build JSON in the log."""
-    builds = list(_builds(entries))
-    if not builds:
-        return []
-    build = builds[-1]
-    times = {
-        k: parse_rfc3339(build[k]) for k in ("createTime", "startTime", "endTime") if k in build
-    }
-    if "createTime" not in times:
-        return []
-    started, ended = times.get("startTime"), times.get("endTime")
-    phases = [("SCHEDULED", times["createTime"], started or ended or end_ns)]
-    if started is not None:
-        phases.append(("STARTED", started, ended or end_ns))
-    if ended is not None:
-        phases.append((str(build.get("status", "?")), ended, ended))
+    """(status, from, to) of each build (the first, then its reruns), from the newest JSON the
+    log has of each."""
+    newest: dict[str, dict[str, Any]] = {}
+    for build in _builds(entries):
+        newest[str(build.get("id"))] = build  # dicts keep the first build first
+    phases = []
+    for build in newest.values():
+        times = {
+            k: parse_rfc3339(build[k]) for k in ("createTime", "startTime", "endTime") if k in build
+        }
+        if "createTime" not in times:
+            continue
+        started, ended = times.get("startTime"), times.get("endTime")
+        phases.append(("SCHEDULED", times["createTime"], started or ended or end_ns))
+        if started is not None:
+            phases.append(("STARTED", started, ended or end_ns))
+        if ended is not None:
+            phases.append((str(build.get("status", "?")), ended, ended))
     return phases
 
 
@@ -385,8 +387,22 @@ def _log_html(entries: Sequence[LogEntry]) -> str:
     return f'<div class="log" id="log">{"".join(lines)}</div>'
 
 
-def invocation_page(inv: Invocation, entries: Sequence[LogEntry], now_ns: int) -> str:
+def _rerun_form(inv: Invocation, token: str) -> str:
+    return (
+        f'<form id="rerun" method="post" action="invocations/{inv.id}/rerun">'
+        f'<input type="hidden" name="csrf" value="{escape(token)}">'
+        '<button type="submit">Rerun (a new trigger, as its newest)</button></form>'
+    )
+
+
+def invocation_page(
+    inv: Invocation, entries: Sequence[LogEntry], now_ns: int, form_token: str | None = None
+) -> str:
+    """`form_token`: offers the Rerun button (a finished invocation's)."""
     task = _build_link(inv.view_url)
+    builds = InvocationView.of(inv).builds
+    if len(builds) > 1:
+        task = " → ".join(f"{_build_link(b.view_url)} {escape(b.status or '?')}" for b in builds)
     abort = " (abort requested)" if inv.abort_requested and not inv.status.final else ""
     body = (
         f'<p><a href="./">all invocations</a></p><h1>{escape(inv.job_id)}</h1>'
@@ -397,6 +413,7 @@ def invocation_page(inv: Invocation, entries: Sequence[LogEntry], now_ns: int) -
         f"<tr><th>build</th><td>{task}</td></tr>"
         f'<tr><th>raw</th><td><a href="invocations/{inv.id}">JSON</a> · '
         f'<a href="invocations/{inv.id}/log">text log</a></td></tr></table>'
+        f"{_rerun_form(inv, form_token) if form_token and inv.status.final else ''}"
         f"<h2>Timeline</h2>{timeline_svg(inv, entries, now_ns)}"
         f"<h2>Triggers</h2>{_incoming_table(InvocationView.of(inv).triggers)}"
         f"{_emitted_section([EmittedTrigger.of(t) for t in inv.emitted_triggers])}"
