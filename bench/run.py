@@ -60,6 +60,7 @@ STEPS = (
     "sweep",
     "policies",
     "polls",
+    "reruns",
 )
 
 
@@ -1254,7 +1255,113 @@ def markdown(results: dict[str, Any]) -> str:
         lines += policies_markdown(results["policies"])
     if "polls" in results:
         lines += polls_markdown(results["polls"])
+    if "reruns" in results:
+        lines += reruns_markdown(results["reruns"])
     return "\n".join(lines) + "\n"
+
+
+# --- 9. Reruns of a builder that fails on infrastructure ------------------------------------
+
+RERUN_CONFIGS: dict[str, dict[str, Any] | None] = {
+    "no reruns": None,
+    "reruns = {max = 2, on = [INFRA_FAILURE]}": {"max": 2, "on": ["INFRA_FAILURE"]},
+}
+
+
+def rerun_run(
+    sim: SimulatorProcess,
+    state_path: Path,
+    reruns: dict[str, Any] | None,
+    invocations: int,
+    infra_failure: float,
+    seed: int,
+) -> dict[str, Any]:
+    """`invocations` invocations, one after the other, of a builder whose builds end
+    INFRA_FAILURE with probability `infra_failure` (the simulator draws each, seeded)."""
+    base = load_scenario("seed")
+    job = dict(base.jobs["jobs"][0])
+    if reruns is not None:
+        job["reruns"] = reruns
+    script = [
+        {"status": "SCHEDULED", "for": "2m"},
+        {"status": "STARTED", "for": "1h"},
+        {"outcomes": {"INFRA_FAILURE": infra_failure, "SUCCESS": 1 - infra_failure}},
+    ]
+    scenario_ = dataclasses.replace(
+        base,
+        jobs={**base.jobs, "jobs": [job]},
+        simulator={**base.simulator, "script": script, "seed": seed},
+    )
+    stack = VirtualStack(scenario_, state_path, sim)
+    finals = []
+    try:
+        for n in range(invocations):
+            request = TriggerRequest(job["id"], request_id=f"rerun-bench-{n}")
+            started = stack.engine.trigger(request).invocation
+            assert started is not None
+            finals.append(stack.run_until_final(started.id))
+    finally:
+        stack.close()
+    builds = len(sim.state()["builds"])
+    succeeded = sum(inv.status is Status.SUCCEEDED for inv in finals)
+    per_invocation = [len(inv.task_data.get("builds", ())) for inv in finals]
+    return {
+        "invocations": invocations,
+        "succeeded": succeeded,
+        "succeeded_share": succeeded / invocations,
+        "builds": builds,
+        "builds_per_invocation": builds / invocations,
+        "builds_per_success": builds / succeeded if succeeded else None,
+        "most_builds_in_one_invocation": max(per_invocation),
+    }
+
+
+def rerun_benefit(
+    sim: SimulatorProcess, workdir: Path, invocations: int = 300, infra_failure: float = 0.3
+) -> dict[str, Any]:
+    runs = {
+        name: rerun_run(
+            sim, _mkdir(workdir / f"reruns-{n}") / "s.db", cfg, invocations, infra_failure, 7
+        )
+        for n, (name, cfg) in enumerate(RERUN_CONFIGS.items())
+    }
+    return {
+        "infra_failure": infra_failure,
+        "expected": {
+            "no reruns": {"succeeded_share": 1 - infra_failure, "builds_per_invocation": 1.0},
+            "max 2": {
+                "succeeded_share": 1 - infra_failure**3,
+                "builds_per_invocation": 1 + infra_failure + infra_failure**2,
+            },
+        },
+        "runs": runs,
+    }
+
+
+def reruns_markdown(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"Reruns: {r['runs']['no reruns']['invocations']} invocations of a builder whose builds "
+        f"end INFRA_FAILURE {r['infra_failure']:.0%} of the time (drawn by the simulator, "
+        "seeded), in virtual time, with and without reruns. Expected: "
+        f"{r['expected']['no reruns']['succeeded_share']:.1%} vs "
+        f"{r['expected']['max 2']['succeeded_share']:.1%} succeeded, "
+        f"{r['expected']['max 2']['builds_per_invocation']:.2f} builds per invocation with "
+        "reruns.",
+        "",
+        "| job | invocations SUCCEEDED | builds | builds per invocation | builds per success | "
+        "most builds in one invocation |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, f in r["runs"].items():
+        per_success = f["builds_per_success"]
+        lines.append(
+            f"| `{name}` | {f['succeeded']} ({f['succeeded_share']:.1%}) | {f['builds']} | "
+            f"{f['builds_per_invocation']:.2f} | "
+            f"{'—' if per_success is None else f'{per_success:.2f}'} | "
+            f"{f['most_builds_in_one_invocation']} |"
+        )
+    return lines
 
 
 def _cold_start_rows(cold: dict[str, Any]) -> list[str]:
@@ -1347,6 +1454,7 @@ def main() -> None:
             "sweep": lambda: sweep_cost(workdir),
             "policies": lambda: triggering_policies(sim, workdir),
             "polls": lambda: poll_cost(workdir),
+            "reruns": lambda: rerun_benefit(sim, workdir),
         }
         for name, step in steps.items():
             if only and name != only:
