@@ -3,35 +3,21 @@ the queue and 2 min running, against the Buildbucket simulator in virtual time."
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmodule import ROOT, bench
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.durations import MINUTE, SECOND
 from shepherd.model import TriggerStatus
 from shepherd_tools.simulator.control import SimulatorProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMITS, WINDOW, QUEUE, BUILD = 10, 10 * MINUTE, 30 * SECOND, 2 * MINUTE
 # Deliveries in the replay: a start task after 100 ms, a notification after 250 ms.
 DELIVERY_S = 0.35
-
-
-def _load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 
 @pytest.fixture(scope="module")

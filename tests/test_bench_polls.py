@@ -4,30 +4,14 @@ what a poll that finds nothing and one that finds a commit cost, and a day of th
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmodule import bench
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd_tools.gitiles_sim.control import GitilesSimProcess
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmodule import bench
 from shepherd_tools.simulator.control import SimulatorProcess
-from test_bench_polls import bench
 
 
 def test_reruns_spend_builds_to_turn_infra_failures_into_successes(

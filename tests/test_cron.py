@@ -113,12 +113,18 @@ def test_interval_ticks_come_through_the_queue_without_scheduler_ticks(tmp_path:
     assert actions(built, clock) == ["not due"]  # the queue's tick and the scheduler's are one
 
 
-def test_a_tick_task_twice_or_after_another_run_starts_nothing(tmp_path: Path) -> None:
+def first_interval_run_ended(tmp_path: Path) -> tuple[Engine, VirtualClock, VirtualTimerQueue]:
+    """A job `with 30m interval` whose first invocation (10 minutes) has just ended."""
     built, clock, queue = engine(tmp_path, schedule="with 30m interval")
     actions(built, clock)
     run_due(built, clock, queue)
     clock.advance(10 * MINUTE)
     run_due(built, clock, queue)
+    return built, clock, queue
+
+
+def test_a_tick_task_twice_or_after_another_run_starts_nothing(tmp_path: Path) -> None:
+    built, clock, queue = first_interval_run_ended(tmp_path)
     (first,) = built.store.list_invocations("infra/nap")
     clock.advance(30 * MINUTE)
     (tick,) = queue.pop_due(clock.now_ns())
@@ -133,22 +139,14 @@ def test_a_tick_task_twice_or_after_another_run_starts_nothing(tmp_path: Path) -
 
 
 def test_a_lost_tick_task_is_caught_by_the_scheduler_tick(tmp_path: Path) -> None:
-    built, clock, queue = engine(tmp_path, schedule="with 30m interval")
-    actions(built, clock)
-    run_due(built, clock, queue)
-    clock.advance(10 * MINUTE)
-    run_due(built, clock, queue)
+    built, clock, queue = first_interval_run_ended(tmp_path)
     clock.advance(31 * MINUTE)
     assert [t.name for t in queue.pop_due(clock.now_ns())] == ["schedule-tick"]  # dropped
     assert actions(built, clock) == ["triggered"]
 
 
 def test_a_paused_job_ignores_its_tick_task(tmp_path: Path) -> None:
-    built, clock, queue = engine(tmp_path, schedule="with 30m interval")
-    actions(built, clock)
-    run_due(built, clock, queue)
-    clock.advance(10 * MINUTE)
-    run_due(built, clock, queue)
+    built, clock, queue = first_interval_run_ended(tmp_path)
     built.pause("infra/nap")
     clock.advance(30 * MINUTE)
     (tick,) = queue.pop_due(clock.now_ns())
