@@ -123,6 +123,15 @@ INVOCATION_ID = {
 
 
 def document() -> dict[str, Any]:
+    # /trigger's answers, and a rerun's (which makes a trigger too)
+    triggered = _responses(
+        "202 the trigger, and the invocation it started at once if any",
+        _json(_ref(Triggered)),
+        400,
+        404,
+        409,
+        413,
+    )
     trigger_body, defs = _body_schemas(TriggerBody)
     timer_task, _ = _body_schemas(TimerBody)
     rerun_body, _ = _body_schemas(RerunBody)
@@ -134,14 +143,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Add a trigger to its job; the job's policy starts it",
                     "requestBody": {"required": True, "content": _json(trigger_body)},
-                    "responses": _responses(
-                        "202 the trigger, and the invocation it started at once if any",
-                        _json(_ref(Triggered)),
-                        400,
-                        404,
-                        409,
-                        413,
-                    ),
+                    "responses": triggered,
                 }
             },
             "/on-timer": {
@@ -199,13 +201,7 @@ def document() -> dict[str, Any]:
                     "newest trigger; the job's policy starts it",
                     "parameters": [INVOCATION_ID],
                     "requestBody": {"required": False, "content": _json(rerun_body)},
-                    "responses": _responses(
-                        "202 the trigger, and the invocation it started at once if any",
-                        _json(_ref(Triggered)),
-                        400,
-                        404,
-                        409,
-                    ),
+                    "responses": triggered,
                 }
             },
             "/api/jobs": {
