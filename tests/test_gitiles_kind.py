@@ -26,7 +26,7 @@ from shepherd.clock import VirtualClock
 from shepherd.config import ConfigError
 from shepherd.cron import run_schedules
 from shepherd.durations import MINUTE, SECOND
-from shepherd.engine import Engine
+from shepherd.engine import START_TASK, Engine
 from shepherd.jobs import load_jobs, parse_jobs
 from shepherd.model import GitilesTrigger, Invocation, Status, TriggerRequest
 from shepherd.ports import Unavailable
@@ -98,6 +98,23 @@ class Poller:
 
     def log(self, inv: Invocation) -> str:
         return "\n".join(e.text for e in self.engine.store.read_log(inv.id))
+
+    def deliver_again(self) -> None:
+        """The last poll's start, delivered once more (its delivery failed after the commit)."""
+        (inv,) = self.engine.store.list_invocations(POLLER, 1)
+        self.engine.handle_task(inv.id, f"{POLLER}:{inv.id}:start:1", START_TASK)
+
+    def fail_to_add(self, monkeypatch: pytest.MonkeyPatch, trigger_id: str) -> None:
+        """The store is unavailable when the trigger `trigger_id` is added, once."""
+        real = self.engine.trigger
+
+        def flaky(request: TriggerRequest, order: int = 0) -> Any:
+            if request.request_id == trigger_id:
+                monkeypatch.setattr(self.engine, "trigger", real)
+                raise Unavailable("store down")
+            return real(request, order)
+
+        monkeypatch.setattr(self.engine, "trigger", flaky)
 
 
 def make_poller(tmp_path: Path, gitiles: GitilesSimProcess, **config: Any) -> Poller:
@@ -413,31 +430,44 @@ def test_a_missing_repository_fails_the_poll(tmp_path: Path, gitiles: GitilesSim
     assert "Error fetching state of the world: rpc error: code = NOT_FOUND" in poller.log(inv)
 
 
-def test_triggers_not_stored_leave_the_state_as_it_was(
+def test_triggers_not_stored_are_added_when_the_delivery_comes_again(
     tmp_path: Path, gitiles: GitilesSimProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = gitiles.push(PROJECT, MAIN)["new"]
     poller = make_poller(tmp_path, gitiles)
     poller.poll()
     pushed = gitiles.push(PROJECT, MAIN, 2)["commits"]
-    real = poller.engine.trigger
-
-    def flaky(request: TriggerRequest, order: int = 0) -> Any:
-        if request.request_id == poller.ids(MAIN, pushed[1])[0]:
-            raise Unavailable("store down")
-        return real(request, order)
-
-    monkeypatch.setattr(poller.engine, "trigger", flaky)
+    poller.fail_to_add(monkeypatch, poller.ids(MAIN, pushed[1])[0])
     with pytest.raises(Unavailable):  # after the poll's commit: the delivery answers 503
         poller.poll()
-    assert poller.engine.store.get_kind_state(POLLER)["refs"] == {MAIN: first}
+    # The heads were stored with the poll's end, and so were the triggers still to add.
+    assert poller.engine.store.get_kind_state(POLLER)["refs"] == {MAIN: pushed[1]}
     assert poller.emitted() == poller.ids(MAIN, first, pushed[0])
-    monkeypatch.setattr(poller.engine, "trigger", real)
+    poller.deliver_again()
+    assert poller.emitted() == poller.ids(MAIN, first, *pushed)
     # The failed delivery also skipped the triage after the poll's end: the sweep's frees it.
     poller.engine.triage(POLLER, reconcile=True)
-    poller.poll()  # the same commits again: the one stored is not doubled
+    inv = poller.poll()
+    assert "No changes detected" in poller.log(inv)
     assert poller.emitted() == poller.ids(MAIN, first, *pushed)
-    assert poller.engine.store.get_kind_state(POLLER)["refs"] == {MAIN: pushed[1]}
+
+
+def test_a_poll_whose_delivery_failed_is_not_forgotten_by_the_next(
+    tmp_path: Path, gitiles: GitilesSimProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the model-based test: the heads were written only once the triggers were added,
+    so when that failed (a 503, a crash) the redelivery added them but never wrote the heads,
+    and the next poll took the ref for a new one: of the commits pushed since, only the head."""
+    first = gitiles.push(PROJECT, MAIN)["new"]
+    poller = make_poller(tmp_path, gitiles)
+    poller.fail_to_add(monkeypatch, poller.ids(MAIN, first)[0])
+    with pytest.raises(Unavailable):
+        poller.poll()
+    poller.deliver_again()
+    pushed = gitiles.push(PROJECT, MAIN, 3)["commits"]
+    poller.engine.triage(POLLER, reconcile=True)
+    poller.poll()
+    assert poller.emitted() == poller.ids(MAIN, first, *pushed)
 
 
 # --- a Buildbucket target -------------------------------------------------------------------

@@ -401,3 +401,22 @@ def test_a_kinds_state_is_kept_per_job_and_replaced_whole(store: Store) -> None:
     store.put_kind_state("infra/poller", {"refs": {"refs/heads/dev": "b" * 40}})
     assert store.get_kind_state("infra/poller") == {"refs": {"refs/heads/dev": "b" * 40}}
     assert store.get_kind_state("infra/other poller") == {"refs": {}}
+
+
+def test_a_commit_writes_the_kind_state_it_carries_or_nothing(store: Store) -> None:
+    """The engine stores a poll's end, the triggers it emitted and its kind state in one write."""
+    poller = "infra/poller"
+    store.create(invocation(7, job=poller), [])
+    store.commit(invocation(7, job=poller).evolve(mutation_count=1), 0, [], {"n": 1})
+    assert store.get_kind_state(poller) == {"n": 1}
+    with pytest.raises(ConflictError):
+        store.commit(invocation(7, job=poller).evolve(mutation_count=6), 5, [], {"n": 2})
+    assert store.get_kind_state(poller) == {"n": 1}
+    inv = store.get(7)  # Firestore: the next commit is a batch on the version read
+    assert inv is not None
+    log = [LogEntry(1, "Saved 1 known refs", LogKind.POLL)]
+    store.commit(inv.evolve(mutation_count=2), 1, log, {"n": 3})
+    assert store.get_kind_state(poller) == {"n": 3}
+    assert store.read_log(7) == log
+    store.commit(inv.evolve(mutation_count=3), 2, [])  # none: the state stays
+    assert store.get_kind_state(poller) == {"n": 3}

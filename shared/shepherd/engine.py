@@ -253,7 +253,12 @@ class _Controller:
             next_attempt_ns=self.next_attempt_ns if self.status is Status.STARTING else None,
             emitted_triggers=before.emitted_triggers + tuple(self._emitted),
         )
-        if after == before and not self.debug_log.entries and not self._timers:
+        if (
+            after == before
+            and not self.debug_log.entries
+            and not self._timers
+            and self._kind_state is None
+        ):
             return
         new_timers = self._timers
         if self.status.final and not before.status.final:
@@ -273,23 +278,25 @@ class _Controller:
             pending_timers=after.pending_timers + tuple(new_timers),
         )
         after = after.evolve(next_check_ns=self._engine.next_check_ns(after))
-        self._engine.store.commit(after, before.mutation_count, self.debug_log.entries)
+        # The kind state goes with the change that stores the triggers it emitted: those are
+        # added below, or by a delivery that comes again (_emit_again), never lost, whereas a
+        # state written apart could be (a crash after the commit), and the next poll would take
+        # a ref it had seen for a new one (emitting its head only) or a force push.
+        self._engine.store.commit(
+            after, before.mutation_count, self.debug_log.entries, self._kind_state
+        )
         self.debug_log.take()
         self.saved = after
         self._pending = list(after.pending_timers)
         self._timers = []
         emitted, self._emitted = self._emitted, []
-        kind_state, self._kind_state = self._kind_state, None
+        self._kind_state = None
         tasks = [t.task(after.id) for t in new_timers]
         if after.status.final and not before.status.final:
             tasks += self._engine.tick_tasks(after)
         self._engine.queue.schedule(tasks)
         if emitted:
             self._engine.deliver_emitted(after, emitted)
-        if kind_state is not None:
-            # Only once every trigger it emitted is stored: deliver_emitted raises otherwise
-            # (the store unavailable), and the kind finds its old state and emits them again.
-            self._engine.store.put_kind_state(after.job_id, kind_state)
         if after.status.final and not before.status.final:
             self._engine.triage_after_finish(after.job_id, after.id)
 

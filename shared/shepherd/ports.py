@@ -64,10 +64,15 @@ class Store(Protocol):
     def get(self, invocation_id: int) -> Invocation | None: ...
 
     def commit(
-        self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]
+        self,
+        invocation: Invocation,
+        expected_mutation_count: int,
+        log: Sequence[LogEntry],
+        kind_state: dict[str, Any] | None = None,
     ) -> None:
         """Replaces the invocation and appends to its log if its stored mutation count is
-        still `expected_mutation_count`; raises ConflictError otherwise."""
+        still `expected_mutation_count`; raises ConflictError otherwise. `kind_state`, if
+        given, replaces its job's kind state in the same transaction."""
         ...
 
     def read_log(self, invocation_id: int) -> list[LogEntry]: ...
@@ -123,8 +128,9 @@ class Store(Protocol):
         ...
 
     def put_kind_state(self, job_id: str, state: dict[str, Any]) -> None:
-        """Replaces the job's kind state: one write, last writer wins (a job's polls run one
-        at a time, and a poll writes it only after its triggers are stored)."""
+        """Replaces the job's kind state: one write, last writer wins. The engine writes it
+        with the invocation's change instead (`commit`), so that neither is kept without the
+        other; this is for seeding it."""
         ...
 
 

@@ -14,7 +14,8 @@ Layout:
 - `jobs/{quoted job id}`: the job's state (`state`); a triage reads and writes it, its pending
   triggers and its active invocations in one transaction;
 - `kind_state/{quoted job id}`: what a job's task kind keeps between invocations (`state`, JSON:
-  a Gitiles poller's last seen commit per ref), written apart from every transaction above.
+  a Gitiles poller's last seen commit per ref), written with the change of the invocation that
+  made it (its transaction or batch).
 Job ids carry "/" and spaces, so they are percent-quoted wherever they name a document.
 
 Firestore's transient errors (unavailable, deadline, internal, exhausted, an abort outside the
@@ -195,12 +196,16 @@ class FirestoreStore:
 
     @_translated
     def commit(
-        self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]
+        self,
+        invocation: Invocation,
+        expected_mutation_count: int,
+        log: Sequence[LogEntry],
+        kind_state: dict[str, Any] | None = None,
     ) -> None:
         ref = self._doc(invocation.id)
         version = self._versions.pop((invocation.id, expected_mutation_count), None)
         if version is not None:
-            self._commit_if_unchanged(invocation, version, log)
+            self._commit_if_unchanged(invocation, version, log, kind_state)
             return
 
         @firestore.transactional
@@ -217,6 +222,8 @@ class FirestoreStore:
                     self._log(invocation.id, invocation.mutation_count),
                     _log_doc(log, self._retention_ns),
                 )
+            if kind_state is not None:
+                txn.set(*self._kind_state_doc(invocation.job_id, kind_state))
 
         try:
             run(self._db.transaction(max_attempts=TRANSACTION_ATTEMPTS))
@@ -229,11 +236,15 @@ class FirestoreStore:
                 raise
             raise ConflictError(f"invocation {invocation.id}: {e}") from e
         self.stats.reads += 1
-        self.stats.writes += 2 if log else 1
+        self.stats.writes += (2 if log else 1) + (kind_state is not None)
         self.stats.transactions += 1
 
     def _commit_if_unchanged(
-        self, invocation: Invocation, version: Any, log: Sequence[LogEntry]
+        self,
+        invocation: Invocation,
+        version: Any,
+        log: Sequence[LogEntry],
+        kind_state: dict[str, Any] | None,
     ) -> None:
         """One atomic batch, no read: the state write carries the update time that get()
         saw as its precondition, so a change in between fails the whole batch."""
@@ -248,11 +259,13 @@ class FirestoreStore:
                 self._log(invocation.id, invocation.mutation_count),
                 _log_doc(log, self._retention_ns),
             )
+        if kind_state is not None:
+            batch.set(*self._kind_state_doc(invocation.job_id, kind_state))
         try:
             results = batch.commit()
         except (gexc.FailedPrecondition, gexc.Aborted, gexc.Conflict, gexc.NotFound) as e:
             raise ConflictError(f"invocation {invocation.id} was modified by someone else") from e
-        self.stats.writes += 2 if log else 1
+        self.stats.writes += (2 if log else 1) + (kind_state is not None)
         self.stats.transactions += 1
         # The next change of this event (a launch saves twice) needs no read either.
         self._remember(invocation, results[0].update_time)
@@ -357,9 +370,13 @@ class FirestoreStore:
 
     @_translated
     def put_kind_state(self, job_id: str, state: dict[str, Any]) -> None:
-        doc = {"job_id": job_id, "state": json.dumps(state, sort_keys=True)}
-        self._kind_state.document(quote(job_id, safe="")).set(doc)
+        ref, doc = self._kind_state_doc(job_id, state)
+        ref.set(doc)
         self.stats.writes += 1
+
+    def _kind_state_doc(self, job_id: str, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        doc = {"job_id": job_id, "state": json.dumps(state, sort_keys=True)}
+        return self._kind_state.document(quote(job_id, safe="")), doc
 
     def _pending_query(self, job_id: str, limit: int) -> Any:
         return (

@@ -161,7 +161,11 @@ class SqliteStore:
         return Invocation.from_dict(json.loads(found[0])) if found else None
 
     def commit(
-        self, invocation: Invocation, expected_mutation_count: int, log: Sequence[LogEntry]
+        self,
+        invocation: Invocation,
+        expected_mutation_count: int,
+        log: Sequence[LogEntry],
+        kind_state: dict[str, Any] | None = None,
     ) -> None:
         status, count, data, next_check = self._row(invocation)
         with self._transaction(write=True) as db:
@@ -178,6 +182,8 @@ class SqliteStore:
             self._append_log(db, invocation, log)
             self.stats.writes += 1
             self.stats.transactions += 1
+            if kind_state is not None:
+                self._put_kind_state(db, invocation.job_id, kind_state)
 
     def read_log(self, invocation_id: int) -> list[LogEntry]:
         with self._transaction() as db:
@@ -280,11 +286,14 @@ class SqliteStore:
 
     def put_kind_state(self, job_id: str, state: dict[str, Any]) -> None:
         with self._transaction(write=True) as db:
-            db.execute(
-                "INSERT INTO kind_state (job_id, data) VALUES (?, ?)"
-                " ON CONFLICT (job_id) DO UPDATE SET data = excluded.data",
-                (job_id, json.dumps(state, sort_keys=True)),
-            )
+            self._put_kind_state(db, job_id, state)
+
+    def _put_kind_state(self, db: sqlite3.Connection, job_id: str, state: dict[str, Any]) -> None:
+        db.execute(
+            "INSERT INTO kind_state (job_id, data) VALUES (?, ?)"
+            " ON CONFLICT (job_id) DO UPDATE SET data = excluded.data",
+            (job_id, json.dumps(state, sort_keys=True)),
+        )
         self.stats.writes += 1
 
     def triage(

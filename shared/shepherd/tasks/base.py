@@ -123,9 +123,10 @@ class Controller(Protocol):
         ...
 
     def put_kind_state(self, state: dict[str, Any]) -> None:
-        """Replaces this job's kind state once this event's change is stored and every trigger
-        it emitted is added to its job; not at all if any of those fails (nor after a launch
-        that raised `TransientError`)."""
+        """Replaces this job's kind state with this event's change, in the same transaction as
+        the triggers it emitted (which are added to their jobs right after, or by the delivery
+        that comes again if that fails); not at all if the change is not stored (nor after a
+        launch that raised `TransientError`)."""
         ...
 
 

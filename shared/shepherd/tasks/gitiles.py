@@ -5,9 +5,9 @@ Each poll is one invocation of the poller job: launch fetches the watched refs' 
 them with the heads the last poll saw (the store's per-job kind state), and emits one trigger
 per new commit (oldest first, at most 50 a ref; a new ref or a force push: its head only) to
 every job in `triggers`, titled with the commit id and linked to its page as LUCI's are. The
-new heads are handed to the engine with the triggers and written only after every trigger is
-stored, so a poll whose triggers were not stored is done again and loses nothing (trigger ids
-are stable: the same commit twice is one trigger).
+new heads are stored with the poll's end, in one transaction with the triggers it emitted,
+which the engine then adds to their jobs (again on a redelivery, if that failed): a crash
+anywhere loses neither (trigger ids are stable: the same commit twice is one trigger).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ class GitilesKind(LaunchOnly):
             log(f"{refs.changed} changed refs processed, {left} refs not yet examined")
         else:
             log(f"All {refs.changed} changed refs processed")
-        # Written by the engine once the triggers emitted above are stored, never before.
+        # Stored by the engine with the poll's end and the triggers emitted above.
         ctl.put_kind_state({"repo": cfg.repo, "refs": refs.known, "watched": list(cfg.refs)})
         log(f"Saved {len(refs.known)} known refs")
         ctl.status = Status.SUCCEEDED
