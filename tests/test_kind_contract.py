@@ -6,7 +6,6 @@ the launch skips it; a bad job field is refused naming the job and the field."""
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from in_process import InProcessBuilds
 from localstack import serving
 from shepherd.adapters.embedded import EmbeddedTopic, VirtualTimerQueue
 from shepherd.adapters.sqlite_store import SqliteStore
@@ -35,25 +35,6 @@ JOB = "infra/subject"
 TARGET = "infra/target"  # where the subject's triggers go (noop, gitiles)
 PROJECT = "infra/repo"
 MAIN = "refs/heads/main"
-
-
-class InProcessBuilds:
-    """The BuildsAPI port on the simulator's own state machine, without sockets."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-
-    def schedule_build(self, server: str, request: dict[str, Any]) -> dict[str, Any]:
-        return self.sim.call("ScheduleBuild", json.loads(json.dumps(request)))
-
-    def get_build(self, server: str, build_id: str) -> dict[str, Any]:
-        return self.sim.call("GetBuild", {"id": build_id})
-
-    def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]:
-        return self.sim.call("CancelBuild", {"id": build_id, "summaryMarkdown": summary})
-
-    def publisher_account(self, server: str) -> str:
-        return str(self.sim.server_info()["service_account_name"])
 
 
 class Hits(BaseHTTPRequestHandler):

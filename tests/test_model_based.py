@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
@@ -38,9 +37,9 @@ from hypothesis.stateful import (
 )
 
 from emulators import PROJECT, Emulator
+from in_process import InProcessBuilds, InProcessGitiles
 from shepherd.adapters.embedded import EmbeddedTopic
 from shepherd.adapters.firestore_store import FirestoreStore
-from shepherd.adapters.gitiles_rest import GitilesClient
 from shepherd.adapters.sqlite_store import SqliteStore
 from shepherd.clock import VirtualClock
 from shepherd.durations import MINUTE, SECOND
@@ -182,41 +181,6 @@ class CrashingSqlite(Crashing, SqliteStore):
 
 class CrashingFirestore(Crashing, FirestoreStore):
     pass
-
-
-class InProcessBuilds:
-    """The BuildsAPI port on the simulator's own state machine, without sockets."""
-
-    def __init__(self, sim: Simulator) -> None:
-        self.sim = sim
-
-    def schedule_build(self, server: str, request: dict[str, Any]) -> dict[str, Any]:
-        return self.sim.call("ScheduleBuild", json.loads(json.dumps(request)))
-
-    def get_build(self, server: str, build_id: str) -> dict[str, Any]:
-        return self.sim.call("GetBuild", {"id": build_id})
-
-    def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]:
-        return self.sim.call("CancelBuild", {"id": build_id, "summaryMarkdown": summary})
-
-    def publisher_account(self, server: str) -> str:
-        return str(self.sim.server_info()["service_account_name"])
-
-
-class InProcessGitiles:
-    """The real Gitiles REST client, its requests answered by the Gitiles simulator's own
-    request handling, without sockets."""
-
-    def __init__(self, sim: GitilesSim) -> None:
-        self.sim = sim
-
-    def client(self, host_url: str) -> GitilesClient:
-        return GitilesClient(host_url, transport=httpx.MockTransport(self._answer))
-
-    def _answer(self, request: httpx.Request) -> httpx.Response:
-        answer = self.sim.get(request.url.raw_path.decode(), request.url.netloc.decode())
-        headers = {"Content-Type": answer.content_type, **answer.headers}
-        return httpx.Response(answer.status, content=answer.body, headers=headers)
 
 
 class Queue:
