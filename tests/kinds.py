@@ -64,7 +64,7 @@ def sleep_engine(
         kinds={SleepKind.name: SleepKind()},
         store=SqliteStore(tmp_path / "s.db"),
         queue=queue,
-        topic=EmbeddedTopic("test"),
+        topic=EmbeddedTopic("shepherd-test"),
         clock=clock,
         signer=TokenSigner(b"k" * 32),
         rng=random.Random(1),

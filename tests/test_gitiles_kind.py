@@ -136,7 +136,7 @@ def make_poller(tmp_path: Path, gitiles: GitilesSimProcess, **config: Any) -> Po
         kinds={SleepKind.name: SleepKind(), GitilesKind.name: GitilesKind()},
         store=SqliteStore(tmp_path / "s.db"),
         queue=queue,
-        topic=EmbeddedTopic("test"),
+        topic=EmbeddedTopic("shepherd-test"),
         clock=clock,
         signer=TokenSigner(b"k" * 32),
         rng=random.Random(1),

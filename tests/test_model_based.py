@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -84,7 +85,15 @@ POLICIES = [
 ]
 
 
-def jobs_with(policy: dict[str, Any]) -> JobsFile:
+# And under one of these rerun settings of JOB (drawn first too): none, one kind, all kinds.
+RERUNS = [
+    {},
+    {"max": 1, "on": ["INFRA_FAILURE"]},
+    {"max": 2, "on": ["FAILURE", "INFRA_FAILURE", "CANCELED"]},
+]
+
+
+def jobs_with(policy: dict[str, Any], reruns: dict[str, Any]) -> JobsFile:
     return parse_jobs(
         {
             "settings": {"status_check_min": "1m", "status_check_max": "10m"},
@@ -95,6 +104,7 @@ def jobs_with(policy: dict[str, Any]) -> JobsFile:
                     "bucket": "ci",
                     "builder": "Windows deterministic",
                     "triggering_policy": policy,
+                    "reruns": reruns,
                 },
                 {
                     "id": NOOP,
@@ -206,6 +216,10 @@ class Poll:
     paused: bool  # JOB was paused: the poll dropped what it emitted
 
 
+def status_of(build: Mapping[str, Any]) -> str:
+    return str(build.get("status", "STATUS_UNSPECIFIED"))  # JSON leaves the zero value out
+
+
 def watched(ref: str) -> bool:
     return ref == MAIN or BRANCH_HEAD.fullmatch(ref) is not None
 
@@ -248,13 +262,13 @@ class EngineMachine(RuleBasedStateMachine):
         self.store.added = Counter()
         self.queue = Queue()
         self.engine = Engine(
-            jobs=jobs_with(POLICIES[0]),
+            jobs=jobs_with(POLICIES[0], RERUNS[0]),
             kinds=make_kinds(
                 InProcessBuilds(self.sim), random.Random(2), InProcessGitiles(self.git).client
             ),
             store=self.store,
             queue=self.queue,
-            topic=EmbeddedTopic("test"),
+            topic=EmbeddedTopic("shepherd-test"),
             clock=self.clock,
             signer=TokenSigner(b"s" * 32),
             rng=random.Random(3),
@@ -371,19 +385,24 @@ class EngineMachine(RuleBasedStateMachine):
 
     # --- rules ----------------------------------------------------------------------------
 
-    @initialize(policy=st.sampled_from(POLICIES))
-    def job_policy(self, policy: dict[str, Any]) -> None:
-        self.engine.jobs = jobs_with(policy)
+    @initialize(policy=st.sampled_from(POLICIES), reruns=st.sampled_from(RERUNS))
+    def job_policy(self, policy: dict[str, Any], reruns: dict[str, Any]) -> None:
+        self.engine.jobs = jobs_with(policy, reruns)
 
     def max_concurrent(self, job: str) -> int:
         return self.engine.jobs.jobs[job].triggering_policy.max_concurrent_invocations
 
-    @initialize(final=st.sampled_from([*FINAL_BUILD, "STATUS_UNSPECIFIED"]))
-    def builds_end_with(self, final: str) -> None:
-        script = [{"status": "SCHEDULED", "for": "3m"}, {"status": "STARTED", "for": "40m"}]
-        self.sim.configure(
-            {"clock": "manual", "start_ns": T0, "script": [*script, {"status": final}]}
+    @initialize(
+        final=st.one_of(
+            st.sampled_from([*FINAL_BUILD, "STATUS_UNSPECIFIED"]),
+            # The builder's nth build ends with the nth (the last repeating): reruns follow some.
+            st.lists(st.sampled_from(list(FINAL_BUILD)), min_size=2, max_size=5),
         )
+    )
+    def builds_end_with(self, final: str | list[str]) -> None:
+        script = [{"status": "SCHEDULED", "for": "3m"}, {"status": "STARTED", "for": "40m"}]
+        last = {"status": final} if isinstance(final, str) else {"outcomes": final}
+        self.sim.configure({"clock": "manual", "start_ns": T0, "script": [*script, last]})
 
     @precondition(lambda self: self.buildbucket_rules and len(self.triggers) < 5)
     @rule(again=st.booleans())
@@ -662,23 +681,53 @@ class EngineMachine(RuleBasedStateMachine):
                 assert trigger.reason
 
     def _check_builds(self, invs: Mapping[int, Invocation], logs: Mapping[int, list[str]]) -> None:
-        builds = self.sim.builds_by_request()
-        # One build per invocation: every ScheduleBuild used the invocation id as requestId.
-        assert set(builds) <= {str(i) for i in self.invocations[JOB]}
-        assert len(set(builds.values())) == len(builds)
+        by_request = self.sim.builds_by_request()
+        assert len(set(by_request.values())) == len(by_request)
         sim_builds = {b["id"]: b for b in self.sim.state()["builds"]}
+        reruns = self.engine.jobs.jobs[JOB].config.reruns
+        accounted: set[str] = set()
         for invocation_id in self.invocations[JOB]:
             inv = invs[invocation_id]
+            # Its builds: the first (requestId: the invocation id), then each rerun's, in order.
+            requests = [str(invocation_id)]
+            requests += [f"{invocation_id}-rerun-{n}" for n in range(1, reruns.max + 1)]
+            built = [by_request[r] for r in itertools.takewhile(by_request.__contains__, requests)]
+            accounted.update(requests[: len(built)])
+            statuses = [status_of(sim_builds[b]) for b in built]
+            assert all(s in reruns.on for s in statuses[:-1]), f"rerun after {statuses}"
+            # A change that made a build and crashed asks for the same one again (its requestId).
+            recorded = [b["id"] for b in inv.task_data.get("builds", ())]
+            assert recorded == built[: len(recorded)] and len(built) - len(recorded) <= 1
+            reran = [t for t in logs[invocation_id] if "which reruns.on lists" in t]
+            assert len(reran) == max(len(recorded) - 1, 0), "one line per rerun"
             build_id = inv.task_data.get("build_id")
-            if build_id is not None:
-                assert builds.get(str(invocation_id)) == build_id
-            finals = [t for t in logs[invocation_id] if t.startswith("Build:\n")]
-            if finals:
-                seen_status = json.loads(finals[-1].split("\n", 1)[1])["status"]
-                assert inv.status is FINAL_BUILD.get(seen_status, Status.FAILED)
-                assert sim_builds[build_id]["status"] == seen_status
+            if recorded:
+                assert build_id == recorded[-1]
+            seen = [
+                json.loads(t.split("\n", 1)[1])
+                for t in logs[invocation_id]
+                if t.startswith("Build:\n")
+            ]
+            # Each build seen ending before the last was rerun: reruns.on listed its status.
+            assert all(status_of(b) in reruns.on for b in seen if b["id"] != build_id)
+            ended = [status_of(b) for b in seen if b["id"] == build_id]
+            if ended and inv.status.final:
+                assert inv.status is FINAL_BUILD.get(ended[-1], Status.FAILED)
+                assert status_of(sim_builds[build_id]) == ended[-1]
+                if ended[-1] in reruns.on and len(recorded) <= reruns.max:
+                    # Not rerun while reruns were left: an abort came first, or the rerun's
+                    # ScheduleBuild was refused.
+                    assert invocation_id in self.aborted or any(
+                        t.startswith("Failed to schedule") for t in logs[invocation_id]
+                    ), f"{ended[-1]} not rerun"
+            elif ended:
+                assert ended[-1] in reruns.on, (
+                    "a build seen ending either ends its invocation or reruns"
+                )
             if invocation_id in self.aborted_unlaunched:
-                assert str(invocation_id) not in builds, "an abort before the launch skips it"
+                assert not built, "an abort before the launch skips it"
+        # Every build belongs to an invocation, as its first build or one of its reruns.
+        assert set(by_request) == accounted
 
     def _check_emitted(self, invs: Mapping[int, Invocation], logs: Mapping[int, list[str]]) -> None:
         """Every trigger an invocation's stored change emitted is added to its job, once its
@@ -732,6 +781,24 @@ class EngineMachine(RuleBasedStateMachine):
         for trigger_id, invocation_id in owed.items():
             if invocation_id not in self.undelivered and trigger_id not in self.excused:
                 assert trigger_id in stored, f"{trigger_id} is lost"
+
+
+def test_a_history_reaches_buildbucket_and_reruns() -> None:
+    """The rules make builds that the checks above see: a history without a build checks
+    nothing of builds (a topic Buildbucket refused once made every history build-less)."""
+    machine = EngineMachine()
+    machine.job_policy(POLICIES[0], RERUNS[1])
+    machine.builds_end_with(["INFRA_FAILURE", "SUCCESS"])
+    machine.trigger(again=False)
+    machine.teardown()  # drains every delivery, then checks every promise
+    # The trigger's invocation (the teardown's poll triggers more, for the repository's heads).
+    (invocation_id,) = [
+        i for i, inv in machine.final.items() if [t.id for t in inv.triggers] == ["t0"]
+    ]
+    builds = machine.sim.builds_by_request()
+    assert {str(invocation_id), f"{invocation_id}-rerun-1"} <= set(builds)
+    assert f"{invocation_id}-rerun-2" not in builds
+    assert machine.final[invocation_id].status is Status.SUCCEEDED
 
 
 class FirestoreEngineMachine(EngineMachine):

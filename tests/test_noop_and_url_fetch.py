@@ -102,7 +102,7 @@ def make_stack(tmp_path: Path, *jobs: dict[str, Any]) -> Stack:
         kinds=make_kinds(builds, random.Random(1)),
         store=SqliteStore(tmp_path / "s.db"),
         queue=queue,
-        topic=EmbeddedTopic("test"),
+        topic=EmbeddedTopic("shepherd-test"),
         clock=clock,
         signer=TokenSigner(b"k" * 32),
         rng=random.Random(1),

@@ -94,7 +94,7 @@ def embedded(tmp_path: Path, seconds: int = 600, timeout: str = "24h") -> Embedd
         kinds={SleepKind.name: SleepKind()},
         store=SqliteStore(path),
         queue=lossy,
-        topic=EmbeddedTopic("test"),
+        topic=EmbeddedTopic("shepherd-test"),
         clock=clock,
         signer=TokenSigner(b"k" * 32),
         rng=random.Random(1),
