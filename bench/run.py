@@ -21,8 +21,9 @@ import tempfile
 import time
 import zipfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,18 +156,27 @@ def _count_events(stack: VirtualStack) -> dict[str, StoreStats]:
     return per_event
 
 
-def store_ops(sim: SimulatorProcess, workdir: Path) -> dict[str, Any]:
+@contextmanager
+def firestore_emulator(workdir: Path) -> Iterator[Any]:
+    """A Firestore client on a fresh emulator, stopped on the way out."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import firestore
 
-    from shepherd.adapters.firestore_store import FirestoreStore
-
-    results: dict[str, Any] = {}
     emulator = start_firestore(workdir)
     try:
         os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
         clear_firestore(emulator.host)
-        client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+        yield firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
+    finally:
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+        emulator.stop()
+
+
+def store_ops(sim: SimulatorProcess, workdir: Path) -> dict[str, Any]:
+    from shepherd.adapters.firestore_store import FirestoreStore
+
+    results: dict[str, Any] = {}
+    with firestore_emulator(workdir) as client:
         for name, store in (("sqlite", None), ("firestore", FirestoreStore(client))):
             stack = VirtualStack(
                 scenario("shepherd", 1, 0.0, 1), workdir / f"ops-{name}.db", sim, store
@@ -184,9 +194,6 @@ def store_ops(sim: SimulatorProcess, workdir: Path) -> dict[str, Any]:
                 }
                 for event, s in per_event.items()
             }
-    finally:
-        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
-        emulator.stop()
     return results
 
 
@@ -920,37 +927,26 @@ def _poll_day(quiet: dict[str, Any], new: dict[str, Any], tick: dict[str, Any]) 
 def poll_cost(workdir: Path, polls: int = 10) -> dict[str, Any]:
     """What one poll of a gitiles job costs, on SQLite and on the Firestore emulator, and a
     day of them every 30 s."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import firestore
-
     from shepherd.adapters.firestore_store import FirestoreStore
 
     variants: dict[str, Any] = {}
-    emulator = start_firestore(workdir)
-    try:
-        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
-        clear_firestore(emulator.host)
-        client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())
-        with GitilesSimProcess() as gitiles:
-            for variant, (refs, repo_refs) in POLL_VARIANTS.items():
-                stores = {
-                    "sqlite": _poll_run(
-                        gitiles, SqliteStore(workdir / f"polls-{variant}.db"), variant, polls
-                    ),
-                    "firestore": _poll_run(
-                        gitiles, FirestoreStore(client, prefix=f"{variant}-"), variant, polls
-                    ),
-                }
-                fs = stores["firestore"]
-                variants[variant] = {
-                    "refs": refs,
-                    "repo_refs": len(repo_refs),
-                    **stores,
-                    "per_day": _poll_day(fs["quiet"], fs["new_commit"], fs["scheduler_tick"]),
-                }
-    finally:
-        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
-        emulator.stop()
+    with firestore_emulator(workdir) as client, GitilesSimProcess() as gitiles:
+        for variant, (refs, repo_refs) in POLL_VARIANTS.items():
+            stores = {
+                "sqlite": _poll_run(
+                    gitiles, SqliteStore(workdir / f"polls-{variant}.db"), variant, polls
+                ),
+                "firestore": _poll_run(
+                    gitiles, FirestoreStore(client, prefix=f"{variant}-"), variant, polls
+                ),
+            }
+            fs = stores["firestore"]
+            variants[variant] = {
+                "refs": refs,
+                "repo_refs": len(repo_refs),
+                **stores,
+                "per_day": _poll_day(fs["quiet"], fs["new_commit"], fs["scheduler_tick"]),
+            }
     return {
         "interval_s": POLL_INTERVAL_S,
         "polls_per_day": POLLS_PER_DAY,
