@@ -4,11 +4,14 @@ for histories of thousands of steps (the model-based test, the kind contract).""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
+from shepherd.adapters.buildbucket_prpc import batch_answers, batch_request
 from shepherd.adapters.gitiles_rest import GitilesClient
+from shepherd.grpc_codes import RpcError
 from shepherd_tools.gitiles_sim.server import GitilesSim
 from shepherd_tools.simulator.server import Simulator
 
@@ -27,6 +30,11 @@ class InProcessBuilds:
 
     def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]:
         return self.sim.call("CancelBuild", {"id": build_id, "summaryMarkdown": summary})
+
+    def batch_get_builds(
+        self, server: str, build_ids: Sequence[str]
+    ) -> list[dict[str, Any] | RpcError]:
+        return batch_answers(self.sim.call("Batch", batch_request(build_ids)))
 
     def publisher_account(self, server: str) -> str:
         return str(self.sim.server_info()["service_account_name"])

@@ -264,6 +264,28 @@ def test_the_overdue_query_reads_the_index_not_the_table(tmp_path: Path) -> None
     assert "USING INDEX invocations_next_check" in details and "SCAN" not in details
 
 
+def test_list_check_group_finds_the_groups_members_only(store: Store) -> None:
+    group, other = "buildbucket:a.appspot.com", "buildbucket:b.appspot.com"
+    for n, in_group in enumerate([group, other, group, None], start=1):
+        store.create(invocation(n).evolve(status=Status.RUNNING, check_group=in_group), [])
+    assert sorted(i.id for i in store.list_check_group(group)) == [1, 3]
+    assert len(store.list_check_group(group, limit=1)) == 1
+    assert store.list_check_group("buildbucket:c.appspot.com") == []
+    # Left with its last change (the engine clears the group once final).
+    store.commit(invocation(3).evolve(status=Status.SUCCEEDED, mutation_count=1), 0, [])
+    assert [i.id for i in store.list_check_group(group)] == [1]
+    assert store.list_check_group(group)[0] == store.get(1)
+
+
+def test_the_check_group_query_reads_the_index_not_the_table(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db")
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        plan = db.execute("EXPLAIN QUERY PLAN " + store.CHECK_GROUP_QUERY, ("g", 10)).fetchall()
+    db.close()
+    details = " ".join(row[-1] for row in plan)
+    assert "USING INDEX invocations_check_group" in details and "SCAN" not in details
+
+
 def test_an_old_sqlite_file_gains_next_checks_on_open(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with sqlite3.connect(path) as db:

@@ -282,4 +282,5 @@ def test_the_scheduler_function_sweeps_and_says_what_it_did(dev: Any) -> None:
         "timeouts": 0,
         "conflicts": 0,
         "started": 0,
+        "groups": 0,
     }

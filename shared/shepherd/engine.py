@@ -51,7 +51,7 @@ from .ports import (
     Unavailable,
 )
 from .signing import BadToken, Signer
-from .tasks.base import TaskKind, TransientError
+from .tasks.base import ChecksInGroups, TaskKind, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ START_TASK = "start-invocation"
 # An interval-scheduled job's next tick, handed to the queue when an invocation ends: its
 # schedule runs at the queue's pace, not only on the scheduler's minute ticks.
 TICK_TASK = "schedule-tick"
+# A group's periodic status check (Engine.check_group): not tied to one invocation.
+GROUP_CHECK_TASK = "group-status-check"
 ABORT_TIMER = "abort-invocation"  # the engine's own timer: retries a cancel that failed
 LAUNCH_RETRY_LIMIT = 50
 # LUCI's launch queue (scheduler/appengine/queue.yaml): min_backoff 5s, max_backoff 10m.
@@ -142,6 +144,7 @@ class _Controller:
         self._timers: list[Timer] = []
         self._emitted: list[Trigger] = []
         self._kind_state: dict[str, Any] | None = None
+        self._group = invocation.check_group
         # While STARTING: when the next start task is due (None: a launch is in progress).
 
     def rebase(self, onto: Invocation) -> None:
@@ -189,6 +192,9 @@ class _Controller:
         )
         now = self.now_ns()
         self._timers.append(Timer(tid, title, now, now + delay_ns, payload))
+
+    def check_with_group(self, group: str) -> None:
+        self._group = group
 
     def emit_trigger(self, job_id: str, request: TriggerRequest | None = None) -> None:
         # Counted over the invocation, so unique across its events; the same on a redelivery,
@@ -252,6 +258,7 @@ class _Controller:
             abort_requested=self.abort_requested,
             next_attempt_ns=self.next_attempt_ns if self.status is Status.STARTING else None,
             emitted_triggers=before.emitted_triggers + tuple(self._emitted),
+            check_group=self._group if self.status is Status.RUNNING else None,
         )
         if (
             after == before
@@ -292,6 +299,8 @@ class _Controller:
         emitted, self._emitted = self._emitted, []
         self._kind_state = None
         tasks = [t.task(after.id) for t in new_timers]
+        if after.check_group is not None and after.check_group != before.check_group:
+            tasks.append(self._engine.group_task(after.check_group, self.now_ns()))
         if after.status.final and not before.status.final:
             tasks += self._engine.tick_tasks(after)
         self._engine.queue.schedule(tasks)
@@ -311,6 +320,7 @@ class SweepResult:
     timeouts: int = 0  # timeout timers armed (past invocation_timeout)
     conflicts: int = 0  # changed under the sweep: left to the next tick
     started: int = 0  # invocations its triages started (a triage after an end that was lost)
+    groups: int = 0  # group status checks armed (the next of each group with a member)
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -577,7 +587,10 @@ class Engine:
         return aborted
 
     def handle_task(self, invocation_id: int, tid: str, name: str) -> Outcome:
-        """A delivery from the timer queue: an invocation's start, or one of its timers."""
+        """A delivery from the timer queue: an invocation's start, one of its timers, or a
+        group's status check."""
+        if name == GROUP_CHECK_TASK:
+            return self.check_group(tid)
         inv = self.store.get(invocation_id)
         if inv is None:
             logger.warning("task %s for unknown invocation %d", tid, invocation_id)
@@ -703,6 +716,7 @@ class Engine:
             tasks += [t.task(inv.id) for t in inv.pending_timers]
             if inv.status is Status.STARTING:
                 tasks.append(self._start_task(inv, inv.attempt + 1, self.clock.now_ns()))
+        tasks += self._group_tasks(self.clock.now_ns())
         self.queue.schedule(tasks)
         return len(tasks)
 
@@ -738,7 +752,9 @@ class Engine:
             due = [t.task(inv.id) for t in inv.pending_timers if t.eta_ns <= now_ns]
             tasks += due
             result.timers += len(due)
-        self.queue.schedule(tasks)
+        groups = self._group_tasks(now_ns)
+        result.groups = len(groups)
+        self.queue.schedule(tasks + groups)
         for job_id in self.jobs.jobs:
             # Reconciling reads every active invocation of the job: worth it only when a
             # trigger waits (an ended invocation's slot matters to nothing else).
@@ -751,6 +767,76 @@ class Engine:
         if overdue or result.started:
             logger.info("sweep: %s", result.to_json())
         return result
+
+    # --- group status checks --------------------------------------------------------------
+
+    def group_task(self, group: str, now_ns: int) -> QueuedTask:
+        """The group's check at the first period boundary after `now_ns`. Named for its
+        boundary, so whoever arms it (the check before it, a launch, the sweep) arms one."""
+        period = self.jobs.settings.status_check_max
+        boundary = now_ns // period + 1
+        return QueuedTask(0, f"{group}@{boundary}", GROUP_CHECK_TASK, boundary * period)
+
+    def _group_tasks(self, now_ns: int) -> list[QueuedTask]:
+        """The next check of every group an invocation runs in (one query each, limit 1):
+        harmless when the group's own chain armed it already, and rearms one whose task the
+        queue lost."""
+        groups = {
+            group
+            for job in self.jobs.jobs.values()
+            if isinstance(kind := self.kinds[job.kind], ChecksInGroups)
+            and (group := kind.check_group_of(job.config, self.jobs.settings)) is not None
+        }
+        return [
+            self.group_task(group, now_ns)
+            for group in sorted(groups)
+            if self.store.list_check_group(group, limit=1)
+        ]
+
+    def check_group(self, tid: str) -> Outcome:
+        """A group's periodic check: the kind checks every running invocation of the group in
+        as few calls as it can; each one whose status moved takes the news through its own
+        compare-and-swap commit. The next check is armed while any invocation remains."""
+        group, _, boundary = tid.rpartition("@")
+        kind = next(
+            (
+                k
+                for k in self.kinds.values()
+                if isinstance(k, ChecksInGroups) and group.startswith(k.check_group_prefix)
+            ),
+            None,
+        )
+        if kind is None or not boundary.isdigit():
+            logger.warning("group check %s: no kind checks that group", tid)
+            return Outcome.IGNORED
+        members = [i for i in self.store.list_check_group(group) if i.status is Status.RUNNING]
+        if not members:
+            return Outcome.STALE  # the chain ends; the next launch in the group starts it again
+        try:
+            news = kind.check_group(group, members, self.jobs.settings)
+        except TransientError as e:
+            raise RetryLater(str(e)) from e
+        for inv in members:
+            if inv.id not in news:
+                continue
+            bind_invocation(inv.job_id, inv.id)
+            ctl, member_kind = self._controller(inv)
+            try:
+                self._act(
+                    ctl,
+                    member_kind,
+                    lambda _, c=ctl, found=news[inv.id]: kind.handle_group_check(c, found),
+                    "Fatal error when handling the status check, aborting invocation",
+                )
+                ctl.commit()
+            except (RetryLater, ConflictError) as e:
+                # Another event moved it on, or this check failed for it alone: the next
+                # check (or a notification) brings the news.
+                logger.info("group check %s: invocation %d: %s", tid, inv.id, e)
+        # The next boundary, whatever this clock says (a delivery may come early in tests).
+        now = max(self.clock.now_ns(), int(boundary) * self.jobs.settings.status_check_max)
+        self.queue.schedule([self.group_task(group, now)])
+        return Outcome.HANDLED
 
     # --- schedules ------------------------------------------------------------------------
 

@@ -77,8 +77,12 @@ class Settings(Model):
     # The service's name: the `user_agent` tag and the project of embedded topic names.
     app_id: str = "shepherd"
     # "shepherd": trust the build a notification carries and check every status_check_max;
-    # "luci": a GetBuild per notification and checks at random delays in [min, max].
-    status_policy: Literal["shepherd", "luci"] = "shepherd"
+    # "luci": a GetBuild per notification and checks at random delays in [min, max];
+    # "batched": as "shepherd", but one check every status_check_max covers all the running
+    # builds of a server, in Batch calls of up to status_check_batch_size builds.
+    status_policy: Literal["shepherd", "luci", "batched"] = "shepherd"
+    # Buildbucket refuses a Batch of more than 1,000 reads.
+    status_check_batch_size: int = field(default=1000, minimum=1, maximum=1000)
     # The scheduler's host as builds see it (`hostname` in `$recipe_engine/scheduler`, where
     # the recipes' scheduler module sends EmitTriggers); unset: left out, so recipes keep their
     # default (luci-scheduler.appspot.com) rather than being sent to a host that is not ours.

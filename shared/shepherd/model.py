@@ -208,7 +208,10 @@ class Invocation:
     launch waits for its retry, when the next attempt comes.
 
     `next_check_ns` is when the invocation next needs the queue (its earliest timer, its start,
-    or its timeout), None once final: stores index it for the reconciling sweep."""
+    or its timeout), None once final: stores index it for the reconciling sweep.
+
+    `check_group`: while RUNNING, the group whose one status check covers this invocation's
+    (Controller.check_with_group; stores index it), None otherwise."""
 
     id: int
     job_id: str
@@ -225,6 +228,7 @@ class Invocation:
     abort_requested: bool = False
     next_attempt_ns: int | None = None
     next_check_ns: int | None = None
+    check_group: str | None = None
     # The triggers it is made of, oldest first; its request is the newest one's.
     triggers: tuple[IncomingTrigger, ...] = ()
     # The triggers it emitted for other jobs (Controller.emit_trigger), as its changes
@@ -256,6 +260,7 @@ class Invocation:
             "abort_requested": self.abort_requested,
             "next_attempt_ns": self.next_attempt_ns,
             "next_check_ns": self.next_check_ns,
+            "check_group": self.check_group,
             "triggers": [t.to_dict() for t in self.triggers],
             "emitted_triggers": [t.to_dict() for t in self.emitted_triggers],
         }
@@ -279,6 +284,7 @@ class Invocation:
             abort_requested=data.get("abort_requested", False),
             next_attempt_ns=data.get("next_attempt_ns"),
             next_check_ns=data.get("next_check_ns"),
+            check_group=data.get("check_group"),
             triggers=tuple(IncomingTrigger.from_dict(t) for t in data.get("triggers", ())),
             emitted_triggers=tuple(Trigger.from_dict(t) for t in data.get("emitted_triggers", ())),
         )

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .grpc_codes import RpcError
 from .model import Invocation, JobState, LogEntry, QueuedTask, Trigger
 
 
@@ -90,6 +91,11 @@ class Store(Protocol):
         first: one query on an index of that field, never a scan of every invocation."""
         ...
 
+    def list_check_group(self, group: str, limit: int | None = None) -> list[Invocation]:
+        """The invocations whose `check_group` is `group` (up to `limit`): one query on an
+        index of that field."""
+        ...
+
     # --- triggers and jobs ---
 
     def add_trigger(self, trigger: Trigger) -> Trigger:
@@ -157,6 +163,13 @@ class BuildsAPI(Protocol):
     def get_build(self, server: str, build_id: str) -> dict[str, Any]: ...
 
     def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]: ...
+
+    def batch_get_builds(
+        self, server: str, build_ids: Sequence[str]
+    ) -> list[dict[str, Any] | RpcError]:
+        """One Batch call of GetBuilds: an answer per id, in order, each a build or the
+        error of that item alone; a failure of the whole call raises."""
+        ...
 
     def publisher_account(self, server: str) -> str:
         """The service account the server publishes its notifications as."""

@@ -272,3 +272,28 @@ class PrpcBuildsClient:
 
     def cancel_build(self, server: str, build_id: str, summary: str) -> dict[str, Any]:
         return self.call(server, "CancelBuild", {"id": build_id, "summaryMarkdown": summary})
+
+    def batch_get_builds(
+        self, server: str, build_ids: Sequence[str]
+    ) -> list[dict[str, Any] | RpcError]:
+        return batch_answers(self.call(server, "Batch", batch_request(build_ids)))
+
+
+def batch_request(build_ids: Sequence[str]) -> dict[str, Any]:
+    return {"requests": [{"getBuild": {"id": build_id}} for build_id in build_ids]}
+
+
+def batch_answers(response: dict[str, Any]) -> list[dict[str, Any] | RpcError]:
+    """A Batch response's answers in request order: each a build, or the item's own error."""
+    answers: list[dict[str, Any] | RpcError] = []
+    for item in response.get("responses", []):
+        if "getBuild" in item:
+            answers.append(item["getBuild"])
+            continue
+        error = item.get("error", {})
+        try:
+            code = Code(int(error.get("code", Code.UNKNOWN)))
+        except ValueError:
+            code = Code.UNKNOWN
+        answers.append(RpcError(code, str(error.get("message", ""))))
+    return answers

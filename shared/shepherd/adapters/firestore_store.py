@@ -3,7 +3,8 @@
 Layout:
 - `invocations/{id}`: the invocation as JSON (`state`) plus the fields queries need
   (`job_id`, `status`, `created_ns`, `mutation_count`, and `next_check_ns`, null once final:
-  the sweep's range query on its automatic single-field index skips nulls);
+  the sweep's range query on its automatic single-field index skips nulls; `check_group`, null
+  unless RUNNING in a group, which a group's status check reads by equality);
 - `invocations/{id}/log/{mutation count, 8 digits}`: the lines one change appended, so an event
   costs one read and two writes however many lines it logs; each entry is `t` (time), `x`
   (text), `k` (kind) and `c` (the outbound call, when it records one);
@@ -72,6 +73,7 @@ def _fields(invocation: Invocation) -> dict[str, Any]:
         "created_ns": invocation.created_ns,
         "mutation_count": invocation.mutation_count,
         "next_check_ns": invocation.next_check_ns,
+        "check_group": invocation.check_group,
         "state": json.dumps(invocation.to_dict()),
     }
 
@@ -309,6 +311,16 @@ class FirestoreStore:
         )
         found = [_invocation(doc) for doc in self._stream(query)]
         self.stats.reads += max(1, len(found))  # Firestore bills an empty query one read
+        self.stats.queries += 1
+        return found
+
+    @_translated
+    def list_check_group(self, group: str, limit: int | None = None) -> list[Invocation]:
+        query = self._invocations.where(filter=firestore.FieldFilter("check_group", "==", group))
+        found = [
+            _invocation(doc) for doc in self._stream(query if limit is None else query.limit(limit))
+        ]
+        self.stats.reads += max(1, len(found))
         self.stats.queries += 1
         return found
 

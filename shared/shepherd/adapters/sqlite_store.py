@@ -68,6 +68,10 @@ _NEXT_CHECK_INDEX = """
 CREATE INDEX IF NOT EXISTS invocations_next_check ON invocations (next_check_ns)
     WHERE next_check_ns IS NOT NULL
 """
+_CHECK_GROUP_INDEX = """
+CREATE INDEX IF NOT EXISTS invocations_check_group ON invocations (check_group)
+    WHERE check_group IS NOT NULL
+"""
 
 
 def _add_missing_columns(path: str, timeout_s: float) -> None:
@@ -85,6 +89,9 @@ def _add_missing_columns(path: str, timeout_s: float) -> None:
                 " WHERE status IN ('STARTING', 'RUNNING')"
             )
         db.execute(_NEXT_CHECK_INDEX)
+        if "check_group" not in present:
+            db.execute("ALTER TABLE invocations ADD COLUMN check_group TEXT")
+        db.execute(_CHECK_GROUP_INDEX)
 
 
 class SqliteStore:
@@ -117,12 +124,13 @@ class SqliteStore:
         self.stats.writes += 1
 
     @staticmethod
-    def _row(invocation: Invocation) -> tuple[str, int, str, int | None]:
+    def _row(invocation: Invocation) -> tuple[str, int, str, int | None, str | None]:
         return (
             invocation.status.value,
             invocation.mutation_count,
             json.dumps(invocation.to_dict()),
             invocation.next_check_ns,
+            invocation.check_group,
         )
 
     def create(self, invocation: Invocation, log: Sequence[LogEntry]) -> None:
@@ -133,11 +141,11 @@ class SqliteStore:
     def _insert(
         self, db: sqlite3.Connection, invocation: Invocation, log: Sequence[LogEntry]
     ) -> None:
-        status, count, data, next_check = self._row(invocation)
+        status, count, data, next_check, group = self._row(invocation)
         try:
             db.execute(
                 "INSERT INTO invocations (id, job_id, status, mutation_count,"
-                " created_ns, data, next_check_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " created_ns, data, next_check_ns, check_group) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     invocation.id,
                     invocation.job_id,
@@ -146,6 +154,7 @@ class SqliteStore:
                     invocation.created_ns,
                     data,
                     next_check,
+                    group,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -167,12 +176,12 @@ class SqliteStore:
         log: Sequence[LogEntry],
         kind_state: dict[str, Any] | None = None,
     ) -> None:
-        status, count, data, next_check = self._row(invocation)
+        status, count, data, next_check, group = self._row(invocation)
         with self._transaction(write=True) as db:
             updated = db.execute(
-                "UPDATE invocations SET status = ?, mutation_count = ?, data = ?, next_check_ns = ?"
-                " WHERE id = ? AND mutation_count = ?",
-                (status, count, data, next_check, invocation.id, expected_mutation_count),
+                "UPDATE invocations SET status = ?, mutation_count = ?, data = ?,"
+                " next_check_ns = ?, check_group = ? WHERE id = ? AND mutation_count = ?",
+                (status, count, data, next_check, group, invocation.id, expected_mutation_count),
             ).rowcount
             if updated != 1:
                 raise ConflictError(
@@ -211,6 +220,17 @@ class SqliteStore:
                 "SELECT data FROM invocations WHERE status IN ('STARTING', 'RUNNING')"
             ).fetchall()
         return [Invocation.from_dict(json.loads(r[0])) for r in rows]
+
+    # Planned on the partial index invocations_check_group (tests/test_store_contract.py).
+    CHECK_GROUP_QUERY = "SELECT data FROM invocations WHERE check_group = ? ORDER BY id LIMIT ?"
+
+    def list_check_group(self, group: str, limit: int | None = None) -> list[Invocation]:
+        with self._transaction() as db:
+            rows = db.execute(self.CHECK_GROUP_QUERY, (group, -1 if limit is None else limit))
+            found = [Invocation.from_dict(json.loads(r[0])) for r in rows.fetchall()]
+        self.stats.reads += len(found)
+        self.stats.queries += 1
+        return found
 
     # Planned on the partial index invocations_next_check (tests/test_store_contract.py).
     OVERDUE_QUERY = (

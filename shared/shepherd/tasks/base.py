@@ -28,12 +28,12 @@ The contract of a task kind, for whoever writes a new one:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..debuglog import DebugLog
 from ..jobs import ConfigModel, Settings
-from ..model import IncomingTrigger, PubSubMessage, Status, TriggerRequest
+from ..model import IncomingTrigger, Invocation, PubSubMessage, Status, TriggerRequest
 
 
 class TransientError(Exception):
@@ -101,6 +101,11 @@ class Controller(Protocol):
         where `examine_notification` finds it."""
         ...
 
+    def check_with_group(self, group: str) -> None:
+        """While it runs, the invocation's status is checked by `group`'s one periodic check
+        (ChecksInGroups) rather than by timers of its own. Idempotent; left once final."""
+        ...
+
     def emit_trigger(self, job_id: str, request: TriggerRequest | None = None) -> None:
         """Triggers job `job_id` (LUCI's EmitTrigger) once this event's change is stored, as
         `POST /trigger` would: its triggering policy applies. `request` carries what the
@@ -163,6 +168,34 @@ class TaskKind(Protocol):
     def abort(self, ctl: Controller) -> None:
         """Stops the task on the remote side, best effort; the engine then sets ABORTED (or
         FAILED on a timeout) whatever the kind did. Must be idempotent."""
+        ...
+
+
+@runtime_checkable
+class ChecksInGroups(Protocol):
+    """A kind that checks many invocations' remote status in one call (Buildbucket's Batch):
+    an invocation joins its group (`ctl.check_with_group`) instead of adding status timers, and
+    the engine runs one check chain per group on the timer queue, every `status_check_max`.
+
+    Group names are `check_group_prefix` + something of the kind's (a server)."""
+
+    check_group_prefix: ClassVar[str]
+
+    def check_group_of(self, config: Any, settings: Settings) -> str | None:
+        """The group a job's invocations check in, or None (they use timers of their own)."""
+        ...
+
+    def check_group(
+        self, group: str, invocations: Sequence[Invocation], settings: Settings
+    ) -> Mapping[int, Any]:
+        """One check of the group's RUNNING invocations: by invocation id, what each should
+        take in (`handle_group_check`); an invocation left out has no news. TransientError:
+        the whole check comes again (with backoff)."""
+        ...
+
+    def handle_group_check(self, ctl: Controller, found: Any) -> None:
+        """What the group check found for this invocation. Expect it late, twice, or after
+        a notification brought newer news."""
         ...
 
 

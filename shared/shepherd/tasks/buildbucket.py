@@ -16,7 +16,16 @@ from urllib.parse import unquote, urlsplit
 from ..debuglog import DebugLog, json_block
 from ..durations import SECOND
 from ..grpc_codes import RpcError
-from ..model import IncomingTrigger, LogKind, PubSubMessage, Status, TriggerRequest, tag_key
+from ..jobs import Settings
+from ..model import (
+    IncomingTrigger,
+    Invocation,
+    LogKind,
+    PubSubMessage,
+    Status,
+    TriggerRequest,
+    tag_key,
+)
 from ..ports import BuildsAPI
 from ..timestamps import parse_rfc3339
 from ..validation import Model, field
@@ -25,6 +34,7 @@ from .base import Controller, TaskError, TransientError
 STATUS_CHECK_TIMER = "check-buildbucket-build-status"
 # The outbound calls the debug log records (LogEntry.call).
 SCHEDULE_BUILD, GET_BUILD, CANCEL_BUILD = "ScheduleBuild", "GetBuild", "CancelBuild"
+BATCH = "Batch"
 RESERVED_TAGS = ("scheduler_invocation_id", "scheduler_job_id", "user_agent")
 NOT_FINITE = "NaN, Infinity and numbers beyond a double are not JSON: Buildbucket refuses them"
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*(:\d+)?$")
@@ -484,6 +494,7 @@ def _explain_refusal(ctl: Controller, error: RpcError) -> None:
 class BuildbucketKind:
     name: ClassVar[str] = "buildbucket"
     config_model: ClassVar[type[BuildbucketConfig]] = BuildbucketConfig
+    check_group_prefix: ClassVar[str] = "buildbucket:"
 
     def __init__(self, api: BuildsAPI, rng: random.Random | None = None) -> None:
         self._api = api
@@ -634,6 +645,9 @@ class BuildbucketKind:
     def _check_later(self, ctl: Controller) -> None:
         if ctl.status.final:
             return
+        if (group := self.check_group_of(ctl.config, ctl.settings)) is not None:
+            ctl.check_with_group(group)
+            return
         low, high = ctl.settings.status_check_min, ctl.settings.status_check_max
         if ctl.settings.status_policy == "shepherd":
             # Notifications bring the news; the check is the fallback that bounds staleness to
@@ -675,6 +689,56 @@ class BuildbucketKind:
             self._schedule(ctl, rerun=done + 1)
             return
         ctl.status = final
+
+    # --- status_policy "batched": one check chain per server ---
+
+    def check_group_of(self, config: BuildbucketConfig, settings: Settings) -> str | None:
+        if settings.status_policy != "batched":
+            return None
+        return self.check_group_prefix + config.server
+
+    def check_group(
+        self, group: str, invocations: Sequence[Invocation], settings: Settings
+    ) -> dict[int, dict[str, Any] | RpcError]:
+        """Every member's build in Batch calls of up to status_check_batch_size; a failed call
+        is a transient error (the whole check comes again) or, refused, each member's error."""
+        server = group.removeprefix(self.check_group_prefix)
+        members = [
+            (inv.id, build_id)
+            for inv in invocations
+            if isinstance(build_id := inv.task_data.get("build_id"), str)
+        ]
+        found: dict[int, dict[str, Any] | RpcError] = {}
+        size = settings.status_check_batch_size
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            try:
+                answers: Sequence[dict[str, Any] | RpcError] = self._api.batch_get_builds(
+                    server, [build_id for _, build_id in chunk]
+                )
+            except RpcError as e:
+                if e.transient:
+                    raise TransientError(f"Batch: {e}") from e
+                answers = [e] * len(chunk)
+            if len(answers) != len(chunk):
+                raise TransientError(f"Batch: {len(answers)} answers to {len(chunk)} requests")
+            found.update((inv_id, a) for (inv_id, _), a in zip(chunk, answers, strict=True))
+        return found
+
+    def handle_group_check(self, ctl: Controller, found: dict[str, Any] | RpcError) -> None:
+        if ctl.status is not Status.RUNNING:
+            return
+        if isinstance(found, RpcError):
+            ctl.debug_log.write(LogKind.ERROR, f"Failed to fetch build - {found}", call=BATCH)
+            _explain_refusal(ctl, found)
+            if found.transient:
+                raise TransientError(str(found))
+            ctl.status = Status.FAILED
+            raise TaskError(str(found))
+        # A build a rerun replaced, or nothing newer than what is known: nothing to write.
+        if found.get("id") != ctl.task_data.get("build_id") or not self._is_news(ctl, found):
+            return
+        self._apply(ctl, found, call=BATCH)
 
     def _check_status(self, ctl: Controller) -> None:
         if ctl.status is Status.STARTING:

@@ -1,0 +1,191 @@
+"""status_policy "batched" in virtual time against the real simulator process: one check chain
+per Buildbucket server covers every running build in Batch calls, each invocation's news goes
+through its own compare-and-swap commit, and no invocation learns of its build's end later
+than status_check_max, even with every notification lost."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shepherd.durations import MINUTE, SECOND
+from shepherd.engine import GROUP_CHECK_TASK
+from shepherd.model import Invocation, Status
+from shepherd.timestamps import parse_rfc3339
+from shepherd_tools.replay import Scenario, VirtualStack, load_scenario
+from shepherd_tools.simulator.control import SimulatorProcess
+
+GROUP = "buildbucket:cr-buildbucket.appspot.com"
+CHECK_MAX = 10 * MINUTE
+SHORT = [
+    {"status": "SCHEDULED", "for": "2m"},
+    {"status": "STARTED", "for": "25m"},
+    {"status": "SUCCESS"},
+]
+
+
+def scenario(builds: int, batch_size: int = 1000, **simulator: Any) -> Scenario:
+    seed = load_scenario("seed")
+    job = {
+        **seed.jobs["jobs"][0],
+        "triggering_policy": {
+            "kind": "greedy_batching",
+            "max_concurrent_invocations": builds,
+            "max_batch_size": 1,
+        },
+    }
+    settings = {
+        **seed.jobs["settings"],
+        "status_policy": "batched",
+        "status_check_batch_size": batch_size,
+    }
+    return dataclasses.replace(
+        seed,
+        jobs={"settings": settings, "jobs": [job]},
+        simulator={**seed.simulator, "script": SHORT, "drop_notifications": 1.0, **simulator},
+    )
+
+
+@dataclasses.dataclass
+class Fleet:
+    stack: VirtualStack
+    ids: list[int]
+
+    def final(self) -> list[Invocation]:
+        for _ in range(10_000):
+            invs = [self.stack.store.get(i) for i in self.ids]
+            if all(inv is not None and inv.status.final for inv in invs):
+                return [inv for inv in invs if inv is not None]
+            assert self.stack.step(), "stalled"
+        raise AssertionError("did not finish")
+
+    def log(self, invocation_id: int) -> list[str]:
+        return [e.text for e in self.stack.store.read_log(invocation_id)]
+
+    def calls(self) -> dict[str, int]:
+        return dict(self.stack.sim.state()["calls"])
+
+    def ended_ns(self) -> dict[str, int]:
+        return {b["id"]: parse_rfc3339(b["endTime"]) for b in self.stack.sim.state()["builds"]}
+
+
+@pytest.fixture
+def fleet(sim: SimulatorProcess, tmp_path: Path) -> Iterator[Any]:
+    stacks: list[VirtualStack] = []
+
+    def go(builds: int, **options: Any) -> Fleet:
+        stack = VirtualStack(scenario(builds, **options), tmp_path / f"s{len(stacks)}.db", sim)
+        stacks.append(stack)
+        base = stack.scenario.trigger.to_request()
+        ids = []
+        for n in range(builds):
+            request = dataclasses.replace(base, request_id=f"t{n}")
+            started = stack.engine.trigger(request).invocation
+            assert started is not None
+            ids.append(started.id)
+        return Fleet(stack, ids)
+
+    yield go
+    for stack in stacks:
+        stack.close()
+
+
+def test_one_batch_a_period_checks_every_build_within_status_check_max(fleet: Any) -> None:
+    run = fleet(20)
+    done = run.final()
+    assert {inv.status for inv in done} == {Status.SUCCEEDED}
+    calls = run.calls()
+    # 27 minutes of builds, a check every 10: three Batch calls for 20 builds, no GetBuild.
+    assert calls.get("GetBuild", 0) == 0
+    assert calls["Batch"] == 3
+    ended = run.ended_ns()
+    for inv in done:
+        late = inv.finished_ns - ended[inv.task_data["build_id"]]
+        assert 0 <= late <= CHECK_MAX + run.stack.scenario.task_latency_ns
+        # The log says what each change was, and only when something changed.
+        log = run.log(inv.id)
+        assert log.count("Build status: STARTED") == 1
+        assert not any(line.startswith("Scheduling timer") for line in log)
+        assert inv.check_group is None and not inv.pending_timers
+
+
+def test_a_batch_holds_at_most_the_batch_size(fleet: Any) -> None:
+    run = fleet(20, batch_size=7)
+    run.final()
+    assert run.calls()["Batch"] == 3 * 3  # 7 + 7 + 6, three times
+
+
+def test_an_items_error_is_that_invocations_alone(fleet: Any) -> None:
+    # Buildbucket answers each item of a Batch on its own: the first item of the first check
+    # is NOT_FOUND (its invocation fails), the second UNAVAILABLE (checked again next time).
+    run = fleet(
+        5,
+        faults=[
+            {"method": "GetBuild", "code": "NOT_FOUND", "times": 1},
+            {"method": "GetBuild", "code": "UNAVAILABLE", "times": 1, "after": 1},
+        ],
+    )
+    done = run.final()
+    failed = [inv for inv in done if inv.status is Status.FAILED]
+    assert len(failed) == 1
+    assert "Failed to fetch build - rpc error: code = NotFound desc = " in "\n".join(
+        run.log(failed[0].id)
+    )
+    assert sum(inv.status is Status.SUCCEEDED for inv in done) == 4
+    assert run.calls()["Batch"] == 3
+
+
+def test_a_failing_batch_is_retried_and_loses_nothing(fleet: Any) -> None:
+    run = fleet(5, faults=[{"method": "Batch", "code": "UNAVAILABLE", "times": 2}])
+    done = run.final()
+    assert {inv.status for inv in done} == {Status.SUCCEEDED}
+    assert run.calls()["Batch"] == 3 + 2
+
+
+def test_a_lost_check_is_armed_again_by_the_sweep(fleet: Any) -> None:
+    run = fleet(3)
+    stack = run.stack
+    stack.run_until(stack.clock.now_ns() + SECOND)  # launched: each in the group
+    # The chain's next check is lost with the queue's tasks.
+    (lost,) = stack.queue.pop_due(stack.clock.now_ns() + CHECK_MAX)
+    assert lost.name == GROUP_CHECK_TASK
+    assert stack.queue.next_eta() is None
+    # Armed again by the sweep at its next tick: the check of the boundary after, a name of
+    # its own (the queue keeps the lost one's), so it is one period later at worst.
+    stack.run_until(lost.eta_ns + MINUTE)
+    assert stack.engine.sweep(stack.clock.now_ns()).groups == 1
+    assert stack.queue.next_eta() == lost.eta_ns + CHECK_MAX
+    # A sweep while the chain is alive arms the same check, which the queue holds already.
+    stack.engine.sweep(stack.clock.now_ns())
+    (rearmed,) = stack.queue.pop_due(lost.eta_ns + CHECK_MAX)
+    stack.queue.requeue(rearmed)
+    assert {inv.status for inv in run.final()} == {Status.SUCCEEDED}
+
+
+def test_a_check_delivered_twice_changes_nothing_twice(fleet: Any) -> None:
+    run = fleet(2)
+    stack = run.stack
+    stack.run_until(stack.clock.now_ns() + SECOND)
+    (check,) = [t for t in stack.queue.pop_due(stack.clock.now_ns() + CHECK_MAX)]
+    stack.queue.requeue(check)
+    stack.run_until(check.eta_ns + SECOND)  # the first check: both builds STARTED
+    logs = {i: run.log(i) for i in run.ids}
+    assert all("Build status: STARTED" in log for log in logs.values())
+    stack.engine.handle_task(0, check.timer_id, GROUP_CHECK_TASK)
+    assert {i: run.log(i) for i in run.ids} == logs
+    assert {inv.status for inv in run.final()} == {Status.SUCCEEDED}
+
+
+def test_notifications_still_end_invocations_and_the_chain_ends_with_them(fleet: Any) -> None:
+    run = fleet(2, drop_notifications=0.0)
+    done = run.final()
+    assert {inv.status for inv in done} == {Status.SUCCEEDED}
+    for inv in done:
+        assert inv.finished_ns - run.ended_ns()[inv.task_data["build_id"]] < SECOND
+    run.stack.run_until_idle()
+    # The check after the builds found no member and armed no other.
+    assert run.stack.queue.next_eta() is None
