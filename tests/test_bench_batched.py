@@ -89,4 +89,4 @@ def test_the_tables_show_every_size_and_mark_the_taken_rows(figures: dict[str, A
     assert "| 10 | luci |" in table
     ratio = figures["runs"]["10"]["ratio_rpcs_batched_to_luci"]
     assert f"| {ratio:.3f} |" in table
-    assert "batched-" not in table and len(table.splitlines()) == 5 + 9 + 5 + 3
+    assert "batched-" not in table and len(table.splitlines()) == 5 + 9 + 2 + 5 + 3
