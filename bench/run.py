@@ -32,6 +32,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's process helpers (local stack, emulators)
+sys.path.insert(0, str(ROOT / "bench"))  # its steps in modules of their own
+
+from batched import batched_checks, batched_markdown  # noqa: E402
 
 from emulators import PROJECT, clear_firestore, start_firestore  # noqa: E402
 from localstack import JOB, SECRET, DevProcess, write_jobs  # noqa: E402
@@ -62,6 +65,7 @@ STEPS = (
     "policies",
     "polls",
     "reruns",
+    "batched",
 )
 
 
@@ -1253,6 +1257,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += polls_markdown(results["polls"])
     if "reruns" in results:
         lines += reruns_markdown(results["reruns"])
+    lines += batched_markdown(results["batched"]) if "batched" in results else []
     return "\n".join(lines) + "\n"
 
 
@@ -1451,6 +1456,7 @@ def main() -> None:
             "policies": lambda: triggering_policies(sim, workdir),
             "polls": lambda: poll_cost(workdir),
             "reruns": lambda: rerun_benefit(sim, workdir),
+            "batched": lambda: batched_checks(sim, workdir, PRICES, (FUNCTION_VCPU, FUNCTION_GIB)),
         }
         for name, step in steps.items():
             if only and name != only:
