@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from localstack import FINAL, QUICK, DevProcess, write_jobs
 from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import GROUP_CHECK_TASK
 from shepherd.model import Invocation, Status
@@ -189,3 +190,19 @@ def test_notifications_still_end_invocations_and_the_chain_ends_with_them(fleet:
     run.stack.run_until_idle()
     # The check after the builds found no member and armed no other.
     assert run.stack.queue.next_eta() is None
+
+
+def test_shepherd_dev_checks_in_batches(sim: SimulatorProcess, tmp_path: Path) -> None:
+    """The real thing: `shepherd dev` and its queue, the simulator over HTTP, every
+    notification lost; each build's end learned by the server's one check chain."""
+    jobs = write_jobs(tmp_path / "jobs.toml", sim.url, status_policy="batched")
+    sim.configure({"script": [*QUICK, {"status": "SUCCESS"}], "drop_notifications": 1.0})
+    dev = DevProcess(tmp_path, jobs).start()
+    try:
+        ids = [dev.trigger(request_id=f"batched-{n}") for n in range(6)]
+        done = [dev.wait_for(i, FINAL) for i in ids]
+    finally:
+        dev.stop()
+    assert {inv["status"] for inv in done} == {"SUCCEEDED"}
+    calls = sim.state()["calls"]
+    assert calls.get("GetBuild", 0) == 0 and 1 <= calls["Batch"] <= 6
