@@ -111,6 +111,10 @@ def test_one_batch_a_period_checks_every_build_within_status_check_max(fleet: An
         log = run.log(inv.id)
         assert log.count("Build status: STARTED") == 1
         assert not any(line.startswith("Scheduling timer") for line in log)
+        assert (
+            "The build's status is checked every 10m0s with every running build of "
+            "cr-buildbucket.appspot.com, in Batch calls"
+        ) in log
         assert inv.check_group is None and not inv.pending_timers
 
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ..debuglog import DebugLog, json_block
-from ..durations import SECOND
+from ..durations import SECOND, format_duration
 from ..grpc_codes import RpcError
 from ..jobs import Settings
 from ..model import (
@@ -646,6 +646,12 @@ class BuildbucketKind:
         if ctl.status.final:
             return
         if (group := self.check_group_of(ctl.config, ctl.settings)) is not None:
+            every = format_duration(ctl.settings.status_check_max)
+            ctl.debug_log.write(
+                LogKind.INFO,
+                f"The build's status is checked every {every} with every running build of "
+                f"{ctl.config.server}, in Batch calls",
+            )
             ctl.check_with_group(group)
             return
         low, high = ctl.settings.status_check_min, ctl.settings.status_check_max
