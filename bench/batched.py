@@ -19,7 +19,7 @@ from shepherd.durations import HOUR, MINUTE, SECOND, format_duration
 from shepherd.model import Status
 from shepherd.ports import StoreStats
 from shepherd.timestamps import parse_rfc3339
-from shepherd_tools.replay import VirtualStack, load_scenario
+from shepherd_tools.replay import VirtualStack, load_scenario, many_at_once
 from shepherd_tools.simulator.control import SimulatorProcess
 
 SIZES = (1, 10, 100, 1000)
@@ -37,26 +37,16 @@ def fleet_scenario(policy: str, builds: int, build_ns: int, seed: int = 18) -> A
     """The seed scenario's job and settings (status_check_max 10m) under `policy`, `builds` at
     once (greedy_batching, batches of 1), each SCHEDULED 2m → STARTED `build_ns` → SUCCESS,
     every notification lost."""
-    seed_scenario = load_scenario("seed")
-    job = {
-        **seed_scenario.jobs["jobs"][0],
-        "triggering_policy": {
-            "kind": "greedy_batching",
-            "max_concurrent_invocations": builds,
-            "max_batch_size": 1,
-        },
-    }
-    settings = {**seed_scenario.jobs["settings"], "status_policy": policy}
     script = [
         {"status": "SCHEDULED", "for": format_duration(QUEUE_NS)},
         {"status": "STARTED", "for": format_duration(build_ns)},
         {"status": "SUCCESS"},
     ]
-    return dataclasses.replace(
-        seed_scenario,
-        seed=seed,
-        jobs={"settings": settings, "jobs": [job]},
-        simulator={**seed_scenario.simulator, "script": script, "drop_notifications": 1.0},
+    return many_at_once(
+        dataclasses.replace(load_scenario("seed"), seed=seed),
+        builds,
+        settings={"status_policy": policy},
+        simulator={"script": script, "drop_notifications": 1.0},
     )
 
 

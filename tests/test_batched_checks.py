@@ -17,7 +17,7 @@ from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import GROUP_CHECK_TASK
 from shepherd.model import Invocation, Status
 from shepherd.timestamps import parse_rfc3339
-from shepherd_tools.replay import Scenario, VirtualStack, load_scenario
+from shepherd_tools.replay import Scenario, VirtualStack, load_scenario, many_at_once
 from shepherd_tools.simulator.control import SimulatorProcess
 
 GROUP = "buildbucket:cr-buildbucket.appspot.com"
@@ -30,24 +30,11 @@ SHORT = [
 
 
 def scenario(builds: int, batch_size: int = 1000, **simulator: Any) -> Scenario:
-    seed = load_scenario("seed")
-    job = {
-        **seed.jobs["jobs"][0],
-        "triggering_policy": {
-            "kind": "greedy_batching",
-            "max_concurrent_invocations": builds,
-            "max_batch_size": 1,
-        },
-    }
-    settings = {
-        **seed.jobs["settings"],
-        "status_policy": "batched",
-        "status_check_batch_size": batch_size,
-    }
-    return dataclasses.replace(
-        seed,
-        jobs={"settings": settings, "jobs": [job]},
-        simulator={**seed.simulator, "script": SHORT, "drop_notifications": 1.0, **simulator},
+    return many_at_once(
+        load_scenario("seed"),
+        builds,
+        settings={"status_policy": "batched", "status_check_batch_size": batch_size},
+        simulator={"script": SHORT, "drop_notifications": 1.0, **simulator},
     )
 
 

@@ -82,6 +82,29 @@ def load_scenario(name_or_path: str) -> Scenario:
         raise ConfigError(f"scenario {name}: {e}") from None
 
 
+def many_at_once(
+    scenario: Scenario,
+    builds: int,
+    settings: dict[str, Any] | None = None,
+    simulator: dict[str, Any] | None = None,
+) -> Scenario:
+    """`scenario` with its first job taking `builds` triggers at once, each an invocation of its
+    own (greedy_batching, batches of 1), its settings and simulator config updated with these."""
+    job = {
+        **scenario.jobs["jobs"][0],
+        "triggering_policy": {
+            "kind": "greedy_batching",
+            "max_concurrent_invocations": builds,
+            "max_batch_size": 1,
+        },
+    }
+    return dataclasses.replace(
+        scenario,
+        jobs={"settings": {**scenario.jobs["settings"], **(settings or {})}, "jobs": [job]},
+        simulator={**scenario.simulator, **(simulator or {})},
+    )
+
+
 @dataclass
 class ReplayResult:
     invocation: Invocation
