@@ -6,15 +6,16 @@ than status_check_max, even with every notification lost."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shepherd.adapters.embedded import VirtualTimerQueue
 from shepherd.durations import MINUTE, SECOND
 from shepherd.engine import GROUP_CHECK_TASK
-from shepherd.model import Invocation, Status
+from shepherd.model import Invocation, QueuedTask, Status
 from shepherd.timestamps import parse_rfc3339
 from shepherd_tools.replay import Scenario, VirtualStack, load_scenario
 from shepherd_tools.simulator.control import SimulatorProcess
@@ -77,8 +78,10 @@ class Fleet:
 def fleet(sim: SimulatorProcess, tmp_path: Path) -> Iterator[Any]:
     stacks: list[VirtualStack] = []
 
-    def go(builds: int, **options: Any) -> Fleet:
+    def go(builds: int, queue: VirtualTimerQueue | None = None, **options: Any) -> Fleet:
         stack = VirtualStack(scenario(builds, **options), tmp_path / f"s{len(stacks)}.db", sim)
+        if queue is not None:
+            stack.queue = stack.engine.queue = queue
         stacks.append(stack)
         base = stack.scenario.trigger.to_request()
         ids = []
@@ -189,3 +192,19 @@ def test_notifications_still_end_invocations_and_the_chain_ends_with_them(fleet:
     run.stack.run_until_idle()
     # The check after the builds found no member and armed no other.
     assert run.stack.queue.next_eta() is None
+
+
+class NoDedupQueue(VirtualTimerQueue):
+    """As the Cloud Tasks emulator: a second task of the same name is a second task."""
+
+    def schedule(self, tasks: Sequence[QueuedTask]) -> None:
+        for task in tasks:
+            self.requeue(task)
+
+
+def test_a_queue_that_does_not_dedup_still_runs_one_check_a_period(fleet: Any) -> None:
+    # Every launch arms the group's next check; the Cloud Tasks emulator keeps each of them.
+    run = fleet(20, queue=NoDedupQueue())
+    done = run.final()
+    assert {inv.status for inv in done} == {Status.SUCCEEDED}
+    assert run.calls()["Batch"] == 3  # as with a queue that refuses a name it holds
