@@ -79,10 +79,11 @@ test-fast: $(STAMP)
 bench: $(STAMP) emulators
 	$(BIN)/python bench/run.py
 
-# The long variants: 1,000 invocations at once, 200 under SIGKILL, 400 model-based histories.
+# The long variants: 1,000 invocations at once, 200 under SIGKILL, 400 model-based histories,
+# 5,000 batched status checks in virtual time and 500 on the emulators (bench/scale.json).
 soak: $(STAMP)
 	SHEPHERD_TESTS=soak $(BIN)/pytest -q -s tests/test_crash_and_load.py tests/test_model_based.py \
-	  tests/test_chaos.py
+	  tests/test_chaos.py tests/test_scale.py
 
 clean:
 	rm -rf $(VENV) $(TASKS_VENV) $(IAC_VENV) dist .shepherd .pytest_cache .ruff_cache .hypothesis

@@ -6,16 +6,17 @@ than status_check_max, even with every notification lost."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localstack import FINAL, QUICK, DevProcess, write_jobs
+from shepherd.adapters.embedded import VirtualTimerQueue
 from shepherd.durations import MINUTE, SECOND
-from shepherd.engine import GROUP_CHECK_TASK
-from shepherd.model import Invocation, Status
+from shepherd.engine import GROUP_CHECK_TASK, Outcome
+from shepherd.model import Invocation, QueuedTask, Status
 from shepherd.timestamps import parse_rfc3339
 from shepherd_tools.replay import Scenario, VirtualStack, load_scenario, many_at_once
 from shepherd_tools.simulator.control import SimulatorProcess
@@ -65,8 +66,10 @@ class Fleet:
 def fleet(sim: SimulatorProcess, tmp_path: Path) -> Iterator[Any]:
     stacks: list[VirtualStack] = []
 
-    def go(builds: int, **options: Any) -> Fleet:
+    def go(builds: int, queue: VirtualTimerQueue | None = None, **options: Any) -> Fleet:
         stack = VirtualStack(scenario(builds, **options), tmp_path / f"s{len(stacks)}.db", sim)
+        if queue is not None:
+            stack.queue = stack.engine.queue = queue
         stacks.append(stack)
         base = stack.scenario.trigger.to_request()
         ids = []
@@ -167,7 +170,11 @@ def test_a_check_delivered_twice_changes_nothing_twice(fleet: Any) -> None:
     stack.run_until(check.eta_ns + SECOND)  # the first check: both builds STARTED
     logs = {i: run.log(i) for i in run.ids}
     assert all("Build status: STARTED" in log for log in logs.values())
-    stack.engine.handle_task(0, check.timer_id, GROUP_CHECK_TASK)
+    # Again, to this process (which knows the check is done), then to another instance of the
+    # function (which does not: it checks again, and finds nothing new to write).
+    assert stack.engine.handle_task(0, check.timer_id, GROUP_CHECK_TASK) is Outcome.STALE
+    other = dataclasses.replace(stack.engine)
+    assert other.handle_task(0, check.timer_id, GROUP_CHECK_TASK) is Outcome.HANDLED
     assert {i: run.log(i) for i in run.ids} == logs
     assert {inv.status for inv in run.final()} == {Status.SUCCEEDED}
 
@@ -197,3 +204,19 @@ def test_shepherd_dev_checks_in_batches(sim: SimulatorProcess, tmp_path: Path) -
     assert {inv["status"] for inv in done} == {"SUCCEEDED"}
     calls = sim.state()["calls"]
     assert calls.get("GetBuild", 0) == 0 and 1 <= calls["Batch"] <= 6
+
+
+class NoDedupQueue(VirtualTimerQueue):
+    """As the Cloud Tasks emulator: a second task of the same name is a second task."""
+
+    def schedule(self, tasks: Sequence[QueuedTask]) -> None:
+        for task in tasks:
+            self.requeue(task)
+
+
+def test_a_queue_that_does_not_dedup_still_runs_one_check_a_period(fleet: Any) -> None:
+    # Every launch arms the group's next check; the Cloud Tasks emulator keeps each of them.
+    run = fleet(20, queue=NoDedupQueue())
+    done = run.final()
+    assert {inv.status for inv in done} == {Status.SUCCEEDED}
+    assert run.calls()["Batch"] == 3  # as with a queue that refuses a name it holds

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -391,9 +392,11 @@ class EngineMachine(RuleBasedStateMachine):
     def _deliver_group_check(self, task: QueuedTask, keep: bool) -> None:
         """A check of every running build of the server (status_policy "batched"). A crash
         leaves it unacknowledged: it comes again, and each invocation it committed before
-        the crash is left alone (its news taken) or ended."""
+        the crash is left alone (its news taken) or ended. Each delivery reaches an instance
+        of its own, which does not know which checks another one did."""
         try:
-            self.engine.handle_task(task.invocation_id, task.timer_id, task.name)
+            instance = dataclasses.replace(self.engine)
+            instance.handle_task(task.invocation_id, task.timer_id, task.name)
         except (RetryLater, Crash):
             return
         # A JOB invocation it ended emits nothing: a crashed delivery of its own owes nothing.

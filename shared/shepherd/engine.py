@@ -343,6 +343,12 @@ class Engine:
     _triage_locks: defaultdict[str, threading.Lock] = field(
         default_factory=lambda: defaultdict(threading.Lock), init=False, repr=False
     )
+    # Each group's checks in this process: the boundary of the last one done, and those
+    # under way. A queue that does not refuse a second task of the same name (the Cloud Tasks
+    # emulator) would otherwise run a check, and its chain, for every launch in the period.
+    _groups_checked: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _groups_checking: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False)
+    _groups_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     # --- events -------------------------------------------------------------------------
 
@@ -809,6 +815,23 @@ class Engine:
         if kind is None or not boundary.isdigit():
             logger.warning("group check %s: no kind checks that group", tid)
             return Outcome.IGNORED
+        claim = (group, int(boundary))
+        with self._groups_lock:
+            if claim in self._groups_checking or self._groups_checked.get(group, -1) >= claim[1]:
+                return Outcome.STALE  # this check again, or one of an earlier boundary
+            self._groups_checking.add(claim)
+        try:
+            outcome = self._check_group(tid, kind, group, int(boundary))
+        finally:
+            with self._groups_lock:
+                self._groups_checking.discard(claim)
+        # Done (and the next one armed): a delivery of it again, or of an earlier boundary,
+        # changes nothing. One that failed is not recorded: the queue delivers it again.
+        with self._groups_lock:
+            self._groups_checked[group] = max(self._groups_checked.get(group, -1), claim[1])
+        return outcome
+
+    def _check_group(self, tid: str, kind: ChecksInGroups, group: str, boundary: int) -> Outcome:
         members = [i for i in self.store.list_check_group(group) if i.status is Status.RUNNING]
         if not members:
             return Outcome.STALE  # the chain ends; the next launch in the group starts it again
@@ -834,7 +857,7 @@ class Engine:
                 # check (or a notification) brings the news.
                 logger.info("group check %s: invocation %d: %s", tid, inv.id, e)
         # The next boundary, whatever this clock says (a delivery may come early in tests).
-        now = max(self.clock.now_ns(), int(boundary) * self.jobs.settings.status_check_max)
+        now = max(self.clock.now_ns(), boundary * self.jobs.settings.status_check_max)
         self.queue.schedule([self.group_task(group, now)])
         return Outcome.HANDLED
 
