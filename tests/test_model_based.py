@@ -284,6 +284,7 @@ class EngineMachine(RuleBasedStateMachine):
             clock=self.clock,
             signer=TokenSigner(b"s" * 32),
             rng=random.Random(3),
+            group_check_threads=1,  # histories replay: one commit after another
         )
         self.inbox: list[PubSubMessage] = []
         self.invocations: dict[str, list[int]] = {job: [] for job in JOBS}
