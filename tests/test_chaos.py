@@ -14,17 +14,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import pytest
 
 from emulators import Emulator, TcpProxy, clear_firestore, emulator_env, start_tasks
-from localstack import COMMIT_TAGS, FINAL, JOB, DevProcess, write_jobs
+from localstack import COMMIT_TAGS, FINAL, JOB, DevProcess, Ticker, write_jobs
 from shepherd import queue_policy
 from shepherd.timestamps import parse_rfc3339
 from shepherd_tools.simulator.control import SimulatorProcess
@@ -43,36 +41,6 @@ SECOND_NS = 1_000_000_000
 # A delivery refused all through an outage of D seconds comes again within 2D of its end (its
 # backoff doubles), never later than the queue's cap: 10 min, the default status_check_max.
 RETRY_WAIT_S = min(2 * OUTAGE_S, queue_policy.MAX_BACKOFF_NS / SECOND_NS)
-
-
-class Ticker:
-    """Cloud Scheduler, faster: POSTs /scheduler every TICK_S; failed ticks (the store down)
-    are counted, as Cloud Scheduler would log them."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._stop = threading.Event()
-        self.sweeps: list[dict[str, int]] = []
-        self.failed = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.wait(TICK_S):
-                try:
-                    answer = client.post(self._url)
-                except httpx.HTTPError:
-                    self.failed += 1
-                    continue
-                if answer.status_code == 200:
-                    self.sweeps.append(answer.json()["sweep"])
-                else:
-                    self.failed += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclasses.dataclass
@@ -243,7 +211,7 @@ def report(name: str, late: list[float], ticker: Ticker) -> None:
 
 @pytest.fixture
 def ticker(stack: Stack) -> Iterator[Ticker]:
-    ticking = Ticker(stack.dev.url + "/scheduler")
+    ticking = Ticker(stack.dev.url + "/scheduler", TICK_S)
     yield ticking
     ticking.stop()
 

@@ -23,7 +23,6 @@ import math
 import os
 import resource
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ import httpx
 import pytest
 
 from emulators import Emulator, clear_firestore, emulator_env, start_tasks
-from localstack import COMMIT_TAGS, FINAL, JOB, DevProcess, write_jobs
+from localstack import COMMIT_TAGS, FINAL, JOB, DevProcess, Ticker, write_jobs
 from shepherd.durations import MINUTE, SECOND, parse_duration
 from shepherd.model import Status
 from shepherd.timestamps import parse_rfc3339
@@ -201,31 +200,6 @@ TICK_S = 3.0  # /scheduler, as Cloud Scheduler calls it every minute when deploy
 BOUND_S = STATUS_CHECK_MAX_S + 2 * TICK_S
 
 
-class Ticker:
-    """POSTs /scheduler every TICK_S until stopped."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._stop = threading.Event()
-        self.sweeps: list[dict[str, int]] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.wait(TICK_S):
-                try:
-                    answer = client.post(self._url)
-                except httpx.HTTPError:
-                    continue
-                if answer.status_code == 200:
-                    self.sweeps.append(answer.json()["sweep"])
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @pytest.fixture
 def emulated(
     request: pytest.FixtureRequest, sim: SimulatorProcess, tmp_path: Path
@@ -271,7 +245,7 @@ def test_emulated_fleet_finishes(emulated: DevProcess, sim: SimulatorProcess) ->
     dev, count = emulated, EMULATED
     idle_rss = dev.rss_bytes
     peak_rss = idle_rss
-    ticker = Ticker(dev.url + "/scheduler")
+    ticker = Ticker(dev.url + "/scheduler", TICK_S)
     final: dict[str, dict[str, Any]] = {}
     try:
         first_ns = time.time_ns()
