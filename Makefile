@@ -68,7 +68,7 @@ package: $(STAMP)
 
 # Two workers, one test file each at a time (each worker starts its own emulators).
 test: lint emulators chromium
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 
 # The fast loop: no emulators, no local stack, no browser, no virtualenv installs; two workers.
 test-fast: $(STAMP)
