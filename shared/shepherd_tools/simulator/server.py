@@ -10,6 +10,7 @@ import argparse
 import base64
 import contextlib
 import json
+import os
 import queue
 import random
 import sys
@@ -591,9 +592,14 @@ class Simulator:
                 self._lock.wait(timeout)
 
     def close(self) -> None:
+        """Stops the clock and the pushes: those not yet sent are dropped, as a Buildbucket
+        that goes away would never send them."""
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.sink.get_nowait()
         self.sink.put(None)
 
     def _find(self, build_id: int) -> Build:
@@ -786,6 +792,11 @@ def main(argv: list[str] | None = None) -> int:
         # finalization made the process exit with SIGSEGV now and then.
         sim.close()
         for thread in threads:
-            thread.join(timeout=15)
+            thread.join(timeout=2)
+        if any(thread.is_alive() for thread in threads):
+            # A push still waits on a sink that does not answer (up to its 10 s timeout): end
+            # here rather than finalize the interpreter with it running.
+            sys.stdout.flush()
+            os._exit(0)
 
     return serve(server, args.host, on_close=close)
