@@ -280,6 +280,14 @@ class FirestoreStore:
     def _stream(self, query: Any) -> Iterator[Any]:
         return query.stream(retry=self._read_retry, timeout=self._timeout_s)
 
+    def _query(self, query: Any) -> list[Any]:
+        """The documents a query finds, counted as Firestore bills them (an empty query: one
+        read)."""
+        docs = list(self._stream(query))
+        self.stats.reads += max(1, len(docs))
+        self.stats.queries += 1
+        return docs
+
     @_translated
     def read_log(self, invocation_id: int) -> list[LogEntry]:
         docs = self._stream(self._doc(invocation_id).collection(LOG).order_by("__name__"))
@@ -292,10 +300,7 @@ class FirestoreStore:
             .order_by("created_ns", direction=firestore.Query.DESCENDING)
             .limit(limit)
         )
-        found = [_invocation(doc) for doc in self._stream(query)]
-        self.stats.reads += max(1, len(found))  # Firestore bills an empty query one read
-        self.stats.queries += 1
-        return found
+        return [_invocation(doc) for doc in self._query(query)]
 
     @_translated
     def list_active(self) -> list[Invocation]:
@@ -309,20 +314,14 @@ class FirestoreStore:
             .order_by("next_check_ns")
             .limit(limit)
         )
-        found = [_invocation(doc) for doc in self._stream(query)]
-        self.stats.reads += max(1, len(found))  # Firestore bills an empty query one read
-        self.stats.queries += 1
-        return found
+        return [_invocation(doc) for doc in self._query(query)]
 
     @_translated
     def list_check_group(self, group: str, limit: int | None = None) -> list[Invocation]:
         query = self._invocations.where(filter=firestore.FieldFilter("check_group", "==", group))
-        found = [
-            _invocation(doc) for doc in self._stream(query if limit is None else query.limit(limit))
+        return [
+            _invocation(doc) for doc in self._query(query if limit is None else query.limit(limit))
         ]
-        self.stats.reads += max(1, len(found))
-        self.stats.queries += 1
-        return found
 
     # --- triggers and jobs ---
 
@@ -361,10 +360,7 @@ class FirestoreStore:
     @_translated
     def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
         query = self._pending_query(job_id, limit)
-        found = [Trigger.from_dict(json.loads(doc.get("state"))) for doc in self._stream(query)]
-        self.stats.reads += max(1, len(found))
-        self.stats.queries += 1
-        return found
+        return [Trigger.from_dict(json.loads(doc.get("state"))) for doc in self._query(query)]
 
     @_translated
     def get_job(self, job_id: str) -> JobState:

@@ -203,16 +203,20 @@ class SqliteStore:
             ).fetchall()
         return [LogEntry(t, text, LogKind.stored(kind), call) for t, text, kind, call in rows]
 
-    def list_invocations(self, job_id: str, limit: int = 50) -> list[Invocation]:
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The `data` column of the rows a query finds, parsed and counted."""
         with self._transaction() as db:
-            rows = db.execute(
-                "SELECT data FROM invocations WHERE job_id = ? ORDER BY created_ns DESC, id DESC"
-                " LIMIT ?",
-                (job_id, limit),
-            ).fetchall()
+            rows = db.execute(sql, params).fetchall()
         self.stats.reads += len(rows)
         self.stats.queries += 1
-        return [Invocation.from_dict(json.loads(r[0])) for r in rows]
+        return [json.loads(r[0]) for r in rows]
+
+    def list_invocations(self, job_id: str, limit: int = 50) -> list[Invocation]:
+        sql = (
+            "SELECT data FROM invocations WHERE job_id = ? ORDER BY created_ns DESC, id DESC"
+            " LIMIT ?"
+        )
+        return [Invocation.from_dict(d) for d in self._query(sql, (job_id, limit))]
 
     def list_active(self) -> list[Invocation]:
         with self._transaction() as db:
@@ -225,12 +229,8 @@ class SqliteStore:
     CHECK_GROUP_QUERY = "SELECT data FROM invocations WHERE check_group = ? ORDER BY id LIMIT ?"
 
     def list_check_group(self, group: str, limit: int | None = None) -> list[Invocation]:
-        with self._transaction() as db:
-            rows = db.execute(self.CHECK_GROUP_QUERY, (group, -1 if limit is None else limit))
-            found = [Invocation.from_dict(json.loads(r[0])) for r in rows.fetchall()]
-        self.stats.reads += len(found)
-        self.stats.queries += 1
-        return found
+        params = (group, -1 if limit is None else limit)
+        return [Invocation.from_dict(d) for d in self._query(self.CHECK_GROUP_QUERY, params)]
 
     # Planned on the partial index invocations_next_check (tests/test_store_contract.py).
     OVERDUE_QUERY = (
@@ -239,11 +239,8 @@ class SqliteStore:
     )
 
     def list_overdue(self, before_ns: int, limit: int) -> list[Invocation]:
-        with self._transaction() as db:
-            rows = db.execute(self.OVERDUE_QUERY, (before_ns, limit)).fetchall()
-        self.stats.reads += len(rows)
-        self.stats.queries += 1
-        return [Invocation.from_dict(json.loads(r[0])) for r in rows]
+        params = (before_ns, limit)
+        return [Invocation.from_dict(d) for d in self._query(self.OVERDUE_QUERY, params)]
 
     # --- triggers and jobs ---
 
@@ -286,11 +283,7 @@ class SqliteStore:
     )
 
     def list_pending(self, job_id: str, limit: int) -> list[Trigger]:
-        with self._transaction() as db:
-            rows = db.execute(self.PENDING_QUERY, (job_id, limit)).fetchall()
-        self.stats.reads += len(rows)
-        self.stats.queries += 1
-        return [Trigger.from_dict(json.loads(r[0])) for r in rows]
+        return [Trigger.from_dict(d) for d in self._query(self.PENDING_QUERY, (job_id, limit))]
 
     def get_job(self, job_id: str) -> JobState:
         with self._transaction() as db:
