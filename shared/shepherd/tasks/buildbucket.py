@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from ..debuglog import DebugLog, json_block
@@ -735,12 +735,7 @@ class BuildbucketKind:
         if ctl.status is not Status.RUNNING:
             return
         if isinstance(found, RpcError):
-            ctl.debug_log.write(LogKind.ERROR, f"Failed to fetch build - {found}", call=BATCH)
-            _explain_refusal(ctl, found)
-            if found.transient:
-                raise TransientError(str(found))
-            ctl.status = Status.FAILED
-            raise TaskError(str(found))
+            self._fetch_failed(ctl, found, call=BATCH)
         # A build a rerun replaced, or nothing newer than what is known: nothing to write.
         if found.get("id") != ctl.task_data.get("build_id") or not self._is_news(ctl, found):
             return
@@ -755,10 +750,16 @@ class BuildbucketKind:
         try:
             build = self._api.get_build(ctl.config.server, build_id)
         except RpcError as e:
-            ctl.debug_log.write(LogKind.ERROR, f"Failed to fetch build - {e}", call=GET_BUILD)
-            _explain_refusal(ctl, e)
-            if e.transient:
-                raise TransientError(str(e)) from e
-            ctl.status = Status.FAILED
-            raise TaskError(str(e)) from e
+            self._fetch_failed(ctl, e, call=GET_BUILD)
         self._apply(ctl, build, call=GET_BUILD)
+
+    @staticmethod
+    def _fetch_failed(ctl: Controller, error: RpcError, call: str) -> NoReturn:
+        """A build that could not be fetched: the event comes again if the error is transient,
+        the invocation fails otherwise."""
+        ctl.debug_log.write(LogKind.ERROR, f"Failed to fetch build - {error}", call=call)
+        _explain_refusal(ctl, error)
+        if error.transient:
+            raise TransientError(str(error)) from error
+        ctl.status = Status.FAILED
+        raise TaskError(str(error)) from error
