@@ -53,8 +53,11 @@ def trigger_path(job_id: str, trigger_id: str) -> str:
     return f"jobs/{quote(job_id, safe='')}/triggers/{quote(trigger_id, safe='')}"
 
 
-def _nonempty(text: str) -> str | None:
-    return text or None
+def _described(
+    title: str, url: str, commit_time_ns: int
+) -> tuple[str | None, str | None, str | None]:
+    """A trigger's title, url and commit time as the views show them (None: not set)."""
+    return title or None, url or None, _time(commit_time_ns or None)
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,7 @@ class EmittedTrigger:
             trigger.id,
             trigger.job_id,
             format_rfc3339(trigger.created_ns),
-            _nonempty(request.title),
-            _nonempty(request.url),
-            _time(request.commit_time_ns or None),
+            *_described(request.title, request.url, request.commit_time_ns),
         )
 
     @classmethod
@@ -280,9 +281,7 @@ def _invocation_fields(inv: Invocation) -> dict[str, Any]:
             TriggerRef(
                 t.id,
                 format_rfc3339(t.created_ns or inv.created_ns),
-                _nonempty(t.title),
-                _nonempty(t.url),
-                _time(t.request.commit_time_ns or None),
+                *_described(t.title, t.url, t.request.commit_time_ns),
             )
             for t in inv.incoming_triggers
         ),

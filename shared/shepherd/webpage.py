@@ -399,10 +399,12 @@ def invocation_page(
     inv: Invocation, entries: Sequence[LogEntry], now_ns: int, form_token: str | None = None
 ) -> str:
     """`form_token`: offers the Rerun button (a finished invocation's)."""
+    view = InvocationView.of(inv)
     task = _build_link(inv.view_url)
-    builds = InvocationView.of(inv).builds
-    if len(builds) > 1:
-        task = " → ".join(f"{_build_link(b.view_url)} {escape(b.status or '?')}" for b in builds)
+    if len(view.builds) > 1:
+        task = " → ".join(
+            f"{_build_link(b.view_url)} {escape(b.status or '?')}" for b in view.builds
+        )
     abort = " (abort requested)" if inv.abort_requested and not inv.status.final else ""
     body = (
         f'<p><a href="./">all invocations</a></p><h1>{escape(inv.job_id)}</h1>'
@@ -415,7 +417,7 @@ def invocation_page(
         f'<a href="invocations/{inv.id}/log">text log</a></td></tr></table>'
         f"{_rerun_form(inv, form_token) if form_token and inv.status.final else ''}"
         f"<h2>Timeline</h2>{timeline_svg(inv, entries, now_ns)}"
-        f"<h2>Triggers</h2>{_incoming_table(InvocationView.of(inv).triggers)}"
+        f"<h2>Triggers</h2>{_incoming_table(view.triggers)}"
         f"{_emitted_section([EmittedTrigger.of(t) for t in inv.emitted_triggers])}"
         f"<h2>Debug log</h2>{_log_html(entries)}"
     )
